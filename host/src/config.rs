@@ -1,0 +1,196 @@
+//! Settings from the command line, validated once into the values the rest
+//! of the host runs on.
+//!
+//! Parsing helpers for flag values (durations, sizes, `HOST:PORT`) live here
+//! too, so every flag reports a bad value the same way. Nothing here starts
+//! or opens anything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::app::AppSettings;
+use crate::engine::EngineSettings;
+use crate::outgoing::OutgoingPolicy;
+use crate::version::VersionSettings;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Everything `wasm-host serve` needs, checked.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The one app this host serves.
+    pub app: AppSettings,
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+    /// Path of the control socket.
+    pub control: PathBuf,
+    /// Whether to reload when the component file changes.
+    pub watch: bool,
+    /// Settings of the engine.
+    pub engine: EngineSettings,
+}
+
+/// The raw values of `serve`'s flags, before validation.
+#[derive(Clone, Debug)]
+pub struct ServeInput {
+    /// Path of the component.
+    pub component: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Control socket, or the default.
+    pub control: Option<PathBuf>,
+    /// Watch the file.
+    pub watch: bool,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+    /// Ready timeout.
+    pub ready_timeout: Duration,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Allowed outgoing `HOST:PORT`s.
+    pub allow_http: Vec<String>,
+    /// Memory limit per instance, bytes.
+    pub max_memory: usize,
+}
+
+impl ServeConfig {
+    /// Checks `input` and resolves defaults.
+    pub fn new(input: ServeInput) -> Result<Self> {
+        let path = std::path::absolute(&input.component)
+            .with_context(|| format!("cannot resolve the path {}", input.component.display()))?;
+        check_component_file(&path)?;
+        for (name, value) in [
+            ("--drain-timeout", input.drain_timeout),
+            ("--ready-timeout", input.ready_timeout),
+            ("--request-timeout", input.request_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{name} must be greater than zero");
+            }
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app".to_string());
+        Ok(Self {
+            app: AppSettings {
+                version: VersionSettings {
+                    app: Arc::from(name.as_str()),
+                    ready_timeout: input.ready_timeout,
+                    request_timeout: input.request_timeout,
+                    outgoing: OutgoingPolicy::new(&input.allow_http),
+                },
+                name,
+                path,
+                drain_timeout: input.drain_timeout,
+            },
+            listen: input.listen,
+            control: input.control.unwrap_or_else(default_control_path),
+            watch: input.watch,
+            engine: EngineSettings {
+                max_memory: input.max_memory,
+                ..EngineSettings::default()
+            },
+        })
+    }
+}
+
+/// Refuses a missing or non-file component path before anything starts.
+fn check_component_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => bail!("{} is not a file; pass the path of a .wasm component", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist; build your app first (e.g. `cargo build --target wasm32-wasip2 --release`) and pass the .wasm it produces",
+            path.display()
+        ),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// The control socket used when `--control` is not given:
+/// `$XDG_RUNTIME_DIR/wasm-host.sock`, else `/tmp/wasm-host-$UID.sock`.
+pub fn default_control_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
+        return Path::new(&dir).join("wasm-host.sock");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    PathBuf::from(format!("/tmp/wasm-host-{uid}.sock"))
+}
+
+/// Parses a duration such as `30s`, `500ms` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms or 2m"))
+}
+
+/// Parses a byte size such as `512MiB`, `64m`, `1G` or `1048576`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("`{text}` has an unknown unit; write e.g. 512MiB, 64m or 1G")),
+    };
+    let value: usize = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. 512MiB, 64m or 1G"))?;
+    value
+        .checked_mul(1usize << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("`{text}` is out of range"))
+}
+
+/// Checks a `HOST:PORT` value for `--allow-http`.
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    let bad = || format!("`{text}` is not HOST:PORT; write e.g. api.example.com:443 or 127.0.0.1:9000");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn host_ports() {
+        assert!(parse_host_port("127.0.0.1:9000").is_ok());
+        assert!(parse_host_port("example.com:443").is_ok());
+        assert!(parse_host_port("example.com").is_err());
+        assert!(parse_host_port(":80").is_err());
+        assert!(parse_host_port("http://x:80").is_err());
+        assert!(parse_host_port("x:99999").is_err());
+    }
+}

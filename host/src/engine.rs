@@ -1,0 +1,160 @@
+//! The one wasmtime [`Engine`] of the process and the [`Linker`] every
+//! version is linked with, plus the per-store state ([`HostState`]).
+//!
+//! This module knows nothing of apps, versions or reloads: it only turns
+//! settings into an engine that can compile and run components.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outgoing::OutgoingPolicy;
+
+/// How often the engine's epoch advances. Every running guest yields to the
+/// async executor at each tick, which is what lets a timeout or a forced
+/// drain stop even a guest spinning in a tight loop.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of the engine, fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Largest linear memory one instance may grow to, in bytes.
+    pub max_memory: usize,
+    /// Instances that may exist at once, across every version alive.
+    pub max_instances: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_memory: 512 << 20,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// The engine, its linker, and the ticker that drives epoch interruption.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption) and a linker
+    /// holding all of WASI 0.2 plus wasi:http, then starts the epoch ticker.
+    pub fn new(settings: &EngineSettings) -> Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(settings.max_instances)
+            .total_core_instances(settings.max_instances.saturating_mul(4))
+            .total_memories(settings.max_instances.saturating_mul(2))
+            .total_tables(settings.max_instances.saturating_mul(4))
+            .total_stacks(settings.max_instances)
+            .max_memory_size(settings.max_memory)
+            // A fresh instance per request makes decommit the hot path: keep
+            // small memories and tables resident and reset them in place
+            // instead of returning pages to the kernel, and batch the rest.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(1 << 20)
+            .decommit_batch_size(128)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).context("failed to create the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        // All of WASI 0.2, so components from any toolchain link; what they
+        // may touch is decided per store by the WasiCtx, which grants nothing
+        // by default.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .context("failed to link WASI 0.2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .context("failed to link wasi:http")?;
+
+        start_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The process-wide engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every version is pre-instantiated with.
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = thread::Builder::new()
+        .name("wasm-host-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; say so loudly but keep
+        // serving, since requests still complete normally.
+        tracing::error!(error = %e, "could not start the epoch ticker; request timeouts will not fire");
+    }
+}
+
+/// The data of one store: one request's (or one readiness check's) view of
+/// WASI and wasi:http.
+pub struct HostState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outgoing: OutgoingPolicy,
+}
+
+impl HostState {
+    /// State for a store whose WASI context grants what `wasi` grants and
+    /// whose outgoing HTTP requests are checked against `outgoing`.
+    pub fn new(wasi: WasiCtx, outgoing: OutgoingPolicy) -> Self {
+        Self {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            outgoing,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! wasm-host: serve HTTP apps compiled to WebAssembly components, and swap
+//! their versions with zero downtime.
+//!
+//! The binary is a thin shell over this library. Data flows one way:
+//! triggers ([`watch`], [`control`], [`signals`]) call into an [`app::App`],
+//! the [`server`] dispatches requests to the app's live [`version::Version`],
+//! and versions run on the process-wide [`engine::Runtime`].
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod engine;
+pub mod guest_log;
+pub mod outgoing;
+pub mod request;
+pub mod serve;
+pub mod server;
+pub mod signals;
+pub mod version;
+pub mod watch;
+pub mod work;

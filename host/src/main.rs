@@ -1,0 +1,4 @@
+//! The `wasm-host` command: everything lives in the library.
+fn main() -> std::process::ExitCode {
+    wasm_host::cli::main()
+}

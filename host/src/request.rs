@@ -1,0 +1,154 @@
+//! Runs one HTTP request on one version: a fresh store and instance, the
+//! guest's `handle`, and the mapping of guest failures to HTTP statuses.
+//!
+//! The guest runs in its own task, so it may keep working after it has sent
+//! its response (background work); the [`WorkGuard`] it holds keeps its
+//! version from being retired until that work ends. This module does not
+//! choose the version: the caller does.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::version::Version;
+use crate::work::WorkGuard;
+
+/// The response type the server sends.
+pub type Response = hyper::Response<HyperOutgoingBody>;
+
+/// How a guest's run ended.
+enum GuestEnd {
+    /// `handle` returned.
+    Returned,
+    /// The guest trapped or a host call failed.
+    Failed(wasmtime::Error),
+    /// The request timeout passed.
+    TimedOut,
+    /// A drain deadline ended it.
+    Forced,
+}
+
+/// Runs `req` on `version`, holding `guard` for as long as the guest runs.
+pub async fn handle(version: Arc<Version>, guard: WorkGuard, req: hyper::Request<Incoming>) -> Response {
+    let mut store = version.new_store();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let resources = {
+        let mut http = store.data_mut().http();
+        http.new_incoming_request(Scheme::Http, req)
+            .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
+    };
+    let (req, out) = match resources {
+        Ok(pair) => pair,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad request: {e:#}\n")),
+    };
+
+    let run_version = version.clone();
+    let task = tokio::spawn(async move {
+        let version = run_version;
+        let _guard = guard;
+        let run = async {
+            let proxy = version.pre().instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        let end = tokio::select! {
+            biased;
+            _ = version.cancelled().cancelled() => GuestEnd::Forced,
+            result = tokio::time::timeout(version.request_timeout(), run) => match result {
+                Ok(Ok(())) => GuestEnd::Returned,
+                Ok(Err(e)) => GuestEnd::Failed(e),
+                Err(_) => GuestEnd::TimedOut,
+            },
+        };
+        log_end(&version, &end);
+        end
+    });
+
+    match receiver.await {
+        Ok(Ok(response)) => {
+            version.count_served();
+            response
+        }
+        Ok(Err(code)) => {
+            version.count_served();
+            guest_error(code)
+        }
+        // The guest ended without setting a response: say why.
+        Err(_) => match task.await {
+            Ok(GuestEnd::TimedOut) => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the app did not answer within {:?} (--request-timeout)\n",
+                    version.request_timeout()
+                ),
+            ),
+            Ok(GuestEnd::Forced) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app version was stopped by the drain deadline before it answered\n".into(),
+            ),
+            Ok(GuestEnd::Failed(_)) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the app failed while handling this request\n".into(),
+            ),
+            Ok(GuestEnd::Returned) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the app returned without sending a response\n".into(),
+            ),
+            Err(e) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request task failed: {e}\n"),
+            ),
+        },
+    }
+}
+
+fn log_end(version: &Version, end: &GuestEnd) {
+    let generation = version.generation();
+    match end {
+        GuestEnd::Returned => {}
+        GuestEnd::Failed(e) => {
+            tracing::warn!(generation, error = %format!("{e:#}"), "guest trapped")
+        }
+        GuestEnd::TimedOut => tracing::warn!(
+            generation,
+            timeout_ms = version.request_timeout().as_millis() as u64,
+            "guest stopped at the request timeout"
+        ),
+        GuestEnd::Forced => tracing::warn!(generation, "guest stopped by the drain deadline"),
+    }
+}
+
+/// Maps an error the guest reported through `response-outparam.set`.
+fn guest_error(code: ErrorCode) -> Response {
+    let status = match code {
+        ErrorCode::HttpRequestDenied => StatusCode::FORBIDDEN,
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        ErrorCode::HttpRequestBodySize(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    plain(status, format!("the app reported an error: {code:?}\n"))
+}
+
+/// A short text response made by the host itself.
+fn plain(status: StatusCode, text: String) -> Response {
+    let body = Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

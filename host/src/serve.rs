@@ -1,0 +1,55 @@
+//! `wasm-host serve`: puts the parts together for one app and runs until a
+//! shutdown signal, then drains and returns.
+//!
+//! Order matters: the listener and the control socket are taken first, so a
+//! busy port or a second host fails before any compile; the first version
+//! must load before the first connection is accepted.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::ServeConfig;
+use crate::control::ControlSocket;
+use crate::engine::Runtime;
+use crate::{server, signals, watch};
+
+/// Serves `config` until SIGTERM/SIGINT, then drains every version.
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it? (pass --listen with another address)",
+            config.listen
+        )
+    })?;
+    let control = ControlSocket::bind(&config.control)?;
+    let runtime = Runtime::new(&config.engine)?;
+
+    let app = App::start(runtime, config.app.clone())
+        .await
+        .context("the app's first version could not be loaded")?;
+    let shutdown = CancellationToken::new();
+    signals::spawn(app.clone(), shutdown.clone())?;
+    if config.watch {
+        watch::spawn(app.clone())?;
+    }
+    let control_task = tokio::spawn(control.serve(app.clone(), shutdown.clone()));
+
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    tracing::info!(
+        app = %app.name(),
+        %addr,
+        control = %config.control.display(),
+        "listening on http://{addr}"
+    );
+    server::run(listener, Arc::clone(&app), shutdown.clone(), config.app.drain_timeout).await;
+    app.shutdown().await;
+    // Dropping the control socket removes its file.
+    control_task.abort();
+    let _ = control_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Unix signals as triggers: SIGHUP reloads from the current path;
+//! SIGTERM and SIGINT start a graceful shutdown (a second one exits at once).
+//!
+//! This module only turns signals into calls; it knows nothing of how a
+//! reload or a shutdown works.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+
+/// Installs the handlers. SIGHUP calls `app.reload`; SIGTERM/SIGINT cancel
+/// `shutdown`.
+pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(app = %app.name(), "SIGHUP: reloading");
+            let app = app.clone();
+            // The app logs the outcome; nobody waits for it here.
+            tokio::spawn(async move { app.reload(None).await });
+        }
+    });
+    tokio::spawn(async move {
+        let mut asked = false;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if asked {
+                tracing::warn!(signal = name, "second shutdown signal: exiting now without draining");
+                std::process::exit(1);
+            }
+            asked = true;
+            tracing::info!(signal = name, "shutting down gracefully: draining in-flight work");
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! One loaded version of an app: its compiled component, pre-instance, state
+//! and live-work count.
+//!
+//! Loading runs the checks a version must pass before it may take traffic:
+//! it is a component, it compiles, it exports `wasi:http/incoming-handler`,
+//! it links, and it instantiates within the ready timeout. A version never
+//! reaches back into its app: the app decides when it goes live or drains.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
+use wasmtime::component::Component;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::engine::{HostState, Runtime};
+use crate::guest_log::GuestLog;
+use crate::outgoing::OutgoingPolicy;
+use crate::work::WorkCounter;
+
+/// The name prefix of the export every app must have.
+const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
+
+/// The content digest of a component: SHA-256 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The first 12 hex digits, enough to tell versions apart in logs.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+/// Why a candidate version was refused. Every variant says what was wrong
+/// and, where it can, what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly file: it does not start with the `\\0asm` header (is this the right file?)")]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error("this is a core WebAssembly module, not a component: build it for the `wasm32-wasip2` target, or wrap it with `wasm-tools component new`")]
+    CoreModule,
+    /// The component failed to validate or compile.
+    #[error("invalid component (is the file complete?): {0}")]
+    Invalid(String),
+    /// The component does not export an HTTP handler.
+    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP; its exports are: {0}")]
+    NoHandler(String),
+    /// An import the host does not provide, or another link failure.
+    #[error("the component cannot be linked: {0}")]
+    Link(String),
+    /// Instantiation trapped or failed.
+    #[error("the component failed its readiness check: {0}")]
+    NotReady(String),
+    /// Instantiation did not finish within the ready timeout.
+    #[error("the component did not become ready within {0:?} (see --ready-timeout)")]
+    ReadyTimeout(Duration),
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Compiled and checked, not yet taking traffic.
+    Loading = 0,
+    /// Receives every new request.
+    Live = 1,
+    /// Finishes what it started; receives nothing new.
+    Draining = 2,
+    /// All its work has ended; it is about to be dropped.
+    Retired = 3,
+}
+
+impl State {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => State::Loading,
+            1 => State::Live,
+            2 => State::Draining,
+            _ => State::Retired,
+        }
+    }
+}
+
+/// What a version needs to know besides its bytes.
+#[derive(Clone, Debug)]
+pub struct VersionSettings {
+    /// Name of the app, used in guest log prefixes.
+    pub app: Arc<str>,
+    /// Bound on the readiness check.
+    pub ready_timeout: Duration,
+    /// Bound on everything one request runs, background work included.
+    pub request_timeout: Duration,
+    /// Where guests may send outgoing HTTP requests.
+    pub outgoing: OutgoingPolicy,
+}
+
+/// One loaded, checked version of an app.
+pub struct Version {
+    generation: u64,
+    digest: Digest,
+    compile_time: Duration,
+    runtime: Runtime,
+    pre: ProxyPre<HostState>,
+    log: GuestLog,
+    settings: VersionSettings,
+    state: AtomicU8,
+    work: Arc<WorkCounter>,
+    cancel: CancellationToken,
+    served: AtomicU64,
+}
+
+impl Version {
+    /// Compiles, links and readiness-checks `bytes` as generation
+    /// `generation`. Compilation runs on a blocking thread, off the threads
+    /// that serve requests.
+    pub async fn load(
+        runtime: &Runtime,
+        bytes: Arc<[u8]>,
+        digest: Digest,
+        generation: u64,
+        settings: VersionSettings,
+    ) -> Result<Self, LoadError> {
+        check_header(&bytes)?;
+        let started = Instant::now();
+        let engine = runtime.engine().clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let compile_time = started.elapsed();
+
+        check_exports(runtime, &component)?;
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+
+        let version = Self {
+            generation,
+            digest,
+            compile_time,
+            runtime: runtime.clone(),
+            pre,
+            log: GuestLog::new(&settings.app, generation),
+            settings,
+            state: AtomicU8::new(State::Loading as u8),
+            work: Arc::new(WorkCounter::default()),
+            cancel: CancellationToken::new(),
+            served: AtomicU64::new(0),
+        };
+        version.check_ready().await?;
+        Ok(version)
+    }
+
+    /// Instantiates once in a throwaway store, within the ready timeout.
+    async fn check_ready(&self) -> Result<(), LoadError> {
+        let mut store = self.new_store();
+        let timeout = self.settings.ready_timeout;
+        match tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(LoadError::NotReady(format!("{e:#}"))),
+            Err(_) => Err(LoadError::ReadyTimeout(timeout)),
+        }
+    }
+
+    /// A fresh store for one request: no ambient authority, guest output
+    /// prefixed with this generation, and an epoch deadline that makes the
+    /// guest yield at every tick so timeouts and drains can stop it.
+    pub(crate) fn new_store(&self) -> Store<HostState> {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(self.log.clone())
+            .stderr(self.log.clone())
+            .build();
+        let state = HostState::new(wasi, self.settings.outgoing.clone());
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// The pre-instantiated component.
+    pub(crate) fn pre(&self) -> &ProxyPre<HostState> {
+        &self.pre
+    }
+
+    /// The generation number: 1 for the first version, one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Content digest of the component.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// How long compilation took.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Bound on one request's run, background work included.
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
+    }
+
+    /// The counter of this version's live work.
+    pub fn work(&self) -> &Arc<WorkCounter> {
+        &self.work
+    }
+
+    /// Cancelled when a drain gives up waiting: running guests stop.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Requests that got a response from this version.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where the version is in its life.
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Moves the version to `state`.
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::SeqCst);
+    }
+
+    /// Ends every guest still running on this version.
+    pub fn force_end(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Refuses non-wasm bytes and core modules with a reason a person can act on.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8 are version and layer: layer 0 is a core module.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn check_exports(runtime: &Runtime, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let engine = runtime.engine();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if names.iter().any(|n| n.starts_with(HANDLER_EXPORT)) {
+        return Ok(());
+    }
+    let listed = if names.is_empty() {
+        "(none)".to_string()
+    } else {
+        names.join(", ")
+    };
+    Err(LoadError::NoHandler(listed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_tells_garbage_core_and_component_apart() {
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(check_header(b"\0as"), Err(LoadError::NotWasm)));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn digest_prints_as_hex() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.short(), "e3b0c44298fc");
+    }
+}
