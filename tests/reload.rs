@@ -1,0 +1,282 @@
+//! Hot swaps through the real binary: reloads under load on fresh,
+//! keep-alive and HTTP/2 connections; slow requests and background work
+//! across a swap; refused versions; the drain deadline; SIGHUP.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{H1, H2, Host, example, get, stamp, wait_for_body, write_version};
+use tokio::sync::Mutex;
+
+/// What one load loop saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    versions: Mutex<BTreeSet<String>>,
+}
+
+impl Tally {
+    async fn record(&self, kind: &str, answer: Result<support::Answer, String>) {
+        match answer {
+            Ok(a) if a.status == 200 && a.body.starts_with("hello from ") => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.versions.lock().await.insert(a.body.trim().to_string());
+            }
+            other => self.failures.lock().await.push(format!("{kind}: {other:?}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_lose_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("hello.wasm");
+    write_version(&app, "hello", "v0");
+    let host = Host::start(&app, &["--no-watch"]);
+    let addr = host.addr.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fresh = Arc::new(Tally::default());
+    let keepalive = Arc::new(Tally::default());
+    let h2 = Arc::new(Tally::default());
+    let mut loops = Vec::new();
+
+    for _ in 0..3 {
+        let (addr, stop, tally) = (addr.clone(), stop.clone(), fresh.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tally.record("fresh", get(&addr, "/").await).await;
+            }
+        }));
+    }
+    for _ in 0..3 {
+        let (addr, stop, tally) = (addr.clone(), stop.clone(), keepalive.clone());
+        loops.push(tokio::spawn(async move {
+            let mut conn = H1::connect(&addr).await.expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                tally.record("keep-alive", conn.get("/").await).await;
+            }
+        }));
+    }
+    let shared = H2::connect(&addr).await.expect("h2 connect");
+    for _ in 0..4 {
+        let (mut conn, stop, tally) = (shared.clone(), stop.clone(), h2.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tally.record("h2", conn.get("/").await).await;
+            }
+        }));
+    }
+
+    let hello = example("hello");
+    let started = Instant::now();
+    for n in 1..=50u64 {
+        let next = dir.path().join(format!("hello-{n}.wasm"));
+        std::fs::write(&next, stamp(&hello, &format!("v{n}"))).unwrap();
+        let said = host.reload_ok(&next);
+        assert!(said.contains(&format!("generation {}", n + 1)), "{said}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the load see the last version too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    eprintln!("50 reloads in {:?}", started.elapsed());
+
+    for (name, tally) in [("fresh", &fresh), ("keep-alive", &keepalive), ("h2", &h2)] {
+        let failures = tally.failures.lock().await;
+        assert!(failures.is_empty(), "{name}: {} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        let ok = tally.ok.load(Ordering::Relaxed);
+        let versions = tally.versions.lock().await;
+        eprintln!("{name}: {ok} ok across {} versions", versions.len());
+        assert!(ok >= 100, "{name}: only {ok} requests ran");
+        // Routing is per request: connections opened before the reloads
+        // saw many versions, the last one included.
+        assert!(versions.len() >= 10, "{name}: saw only {versions:?}");
+        assert!(versions.contains("hello from v50"), "{name}: never saw v50: {versions:?}");
+    }
+    let last = get(&addr, "/").await.unwrap();
+    assert_eq!(last.body, "hello from v50\n");
+    // Every old version was retired.
+    host.wait_log("generation=50", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.log_lines(&["version retired"]).len() < 50 {
+        assert!(Instant::now() < deadline, "not all 50 old versions retired:\n{}", host.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_started_on_v1_finishes_on_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("slow.wasm");
+    let v2 = dir.path().join("slow-2.wasm");
+    write_version(&v1, "slow", "v1");
+    write_version(&v2, "slow", "v2");
+    let host = Host::start(&v1, &["--no-watch"]);
+
+    let addr = host.addr.clone();
+    let slow = tokio::spawn(async move { get(&addr, "/?ms=2500").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    host.reload_ok(&v2);
+
+    // New requests go to v2 while v1 still works on the slow one.
+    let fast = get(&host.addr, "/?ms=0").await.unwrap();
+    assert_eq!(fast.body, "slow v2 after 0 ms\n");
+    let status = std::process::Command::new(support::BIN)
+        .args(["status", "--json", "--control"])
+        .arg(&host.control)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let versions = report["versions"].as_array().unwrap();
+    assert_eq!(versions[0]["generation"], 2);
+    assert_eq!(versions[0]["state"], "live");
+    assert_eq!(versions[1]["generation"], 1);
+    assert_eq!(versions[1]["state"], "draining");
+    assert_eq!(versions[1]["in_flight"], 1);
+    assert!(host.log_lines(&["version retired", "generation=1"]).is_empty());
+
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "slow v1 after 2500 ms\n");
+    let retired = host.wait_log("version retired", Duration::from_secs(5));
+    assert!(retired.contains("generation=1") && retired.contains("forced=0"), "{retired}");
+    assert!(retired.contains("requests_drained=1"), "{retired}");
+}
+
+/// A listener that records the request lines it gets, with their time.
+fn notify_listener() -> (u16, Arc<std::sync::Mutex<Vec<(Instant, String)>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let book = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            book.lock().unwrap().push((Instant::now(), line.trim().to_string()));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_work_of_v1_finishes_before_v1_retires() {
+    let (port, seen) = notify_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("background.wasm");
+    let v2 = dir.path().join("background-2.wasm");
+    write_version(&v1, "background", "v1");
+    write_version(&v2, "background", "v2");
+    let allow = format!("127.0.0.1:{port}");
+    let host = Host::start(&v1, &["--no-watch", "--allow-http", &allow]);
+
+    let asked = Instant::now();
+    let answer = get(&host.addr, &format!("/?ms=1500&notify=http://127.0.0.1:{port}/done")).await.unwrap();
+    assert_eq!(answer.body, "background v1 accepted\n");
+    assert!(asked.elapsed() < Duration::from_millis(1200), "the response waited for the background work");
+    host.reload_ok(&v2);
+    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "background v2 accepted\n");
+
+    let (retired_at, retired) = host
+        .wait_log_where(Duration::from_secs(10), |l| l.contains("version retired") && l.contains("generation=1"))
+        .expect("v1 retired");
+    let notified = seen.lock().unwrap().clone();
+    let v1_done = notified
+        .iter()
+        .find(|(_, line)| line.contains("version=v1"))
+        .unwrap_or_else(|| panic!("v1's background work never finished: {notified:?}"));
+    assert!(v1_done.0 <= retired_at, "v1 was retired before its background work finished");
+    assert!(v1_done.0.duration_since(asked) >= Duration::from_millis(1400));
+    assert!(retired.contains("forced=0"), "{retired}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("hello.wasm");
+    write_version(&app, "hello", "v1");
+    let host = Host::start(&app, &["--no-watch"]);
+    let hello = example("hello");
+
+    let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
+        ("garbage.wasm", Some(b"this is not wasm at all".to_vec()), "not a WebAssembly file"),
+        ("core.wasm", Some(b"\0asm\x01\0\0\0".to_vec()), "core WebAssembly module, not a component"),
+        ("no-handler.wasm", Some(example("no-handler")), "does not export `wasi:http/incoming-handler"),
+        ("truncated.wasm", Some(hello[..hello.len() / 2].to_vec()), "invalid component"),
+        ("missing.wasm", None, "No such file"),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        if let Some(bytes) = bytes {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let out = host.reload(Some(&path));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: reload should fail");
+        assert!(stderr.contains(expected), "{name}: unexpected message: {stderr}");
+        assert!(stderr.contains("still serving"), "{name}: {stderr}");
+        assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n", "{name}");
+        assert!(
+            !host.log_lines(&["reload refused", name]).is_empty(),
+            "{name}: refusal not logged"
+        );
+    }
+    // A good version still goes through afterwards, as generation 2.
+    let good = dir.path().join("good.wasm");
+    std::fs::write(&good, stamp(&hello, "v2")).unwrap();
+    assert!(host.reload_ok(&good).contains("generation 2"));
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v2\n");
+    // The same bytes again change nothing.
+    let again = host.reload_ok(&good);
+    assert!(again.starts_with("unchanged: generation 2"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_forces_out_a_stuck_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("slow.wasm");
+    let v2 = dir.path().join("slow-2.wasm");
+    write_version(&v1, "slow", "v1");
+    write_version(&v2, "slow", "v2");
+    let host = Host::start(&v1, &["--no-watch", "--drain-timeout", "1s"]);
+
+    let addr = host.addr.clone();
+    let stuck = tokio::spawn(async move { get(&addr, "/?ms=30000").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let swapped = Instant::now();
+    host.reload_ok(&v2);
+    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "slow v2 after 0 ms\n");
+
+    let answer = stuck.await.unwrap().unwrap();
+    let waited = swapped.elapsed();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    let retired = host.wait_log("version retired", Duration::from_secs(5));
+    assert!(retired.contains("generation=1") && retired.contains("forced=1"), "{retired}");
+    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "slow v2 after 0 ms\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_from_the_current_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("hello.wasm");
+    write_version(&app, "hello", "v1");
+    let host = Host::start(&app, &["--no-watch"]);
+    write_version(&app, "hello", "v2");
+    // With --no-watch, only the signal can pick the new file up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n");
+    host.signal(libc::SIGHUP);
+    wait_for_body(&host.addr, "/", "hello from v2", Duration::from_secs(10)).await;
+}

@@ -1,0 +1,343 @@
+//! Shared pieces of the end-to-end tests: building the example apps,
+//! stamping versions into them, running the real `wasm-host` binary, and
+//! small HTTP/1.1 and HTTP/2 clients. Everything talks to 127.0.0.1 only and
+//! every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// The `wasm-host` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasm-host");
+
+/// Builds the example apps once per test binary and returns the folder that
+/// holds their `.wasm` files.
+pub fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(repo.join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the example apps failed");
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+/// The built example `name` (e.g. `hello`).
+pub fn example(name: &str) -> Vec<u8> {
+    let path = examples_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// `bytes` of an example with `version` stamped in (see examples/stamp).
+pub fn stamp(bytes: &[u8], version: &str) -> Vec<u8> {
+    const PREFIX: &[u8] = b"wasm-host-version=";
+    assert!(version.len() <= 14, "version text too long");
+    let at = bytes
+        .windows(PREFIX.len())
+        .position(|w| w == PREFIX)
+        .expect("the component carries a version stamp");
+    let mut out = bytes.to_vec();
+    let field = &mut out[at + PREFIX.len()..at + PREFIX.len() + 14];
+    field.fill(b' ');
+    field[..version.len()].copy_from_slice(version.as_bytes());
+    out
+}
+
+/// Writes example `name` stamped with `version` to `path`.
+pub fn write_version(path: &Path, name: &str, version: &str) {
+    std::fs::write(path, stamp(&example(name), version)).expect("write component");
+}
+
+/// Log lines of a running host, with the moment each was read.
+#[derive(Default)]
+struct LogBook {
+    lines: Mutex<Vec<(Instant, String)>>,
+    grew: Condvar,
+}
+
+/// A running `wasm-host serve`, killed on drop.
+pub struct Host {
+    child: Child,
+    /// The address it listens on.
+    pub addr: String,
+    /// Its control socket.
+    pub control: PathBuf,
+    logs: Arc<LogBook>,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Starts `wasm-host serve component` on a free port with a private
+    /// control socket, plus `args`, and waits until it listens.
+    pub fn start(component: &Path, args: &[&str]) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("control.sock");
+        Self::start_with(component, &control, args, dir)
+    }
+
+    /// Like [`Host::start`] with a chosen control socket.
+    pub fn start_with(component: &Path, control: &Path, args: &[&str], dir: tempfile::TempDir) -> Host {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg(component)
+            .args(["--listen", "127.0.0.1:0", "--control"])
+            .arg(control)
+            .args(args)
+            .env("WASM_HOST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasm-host");
+        let logs = Arc::new(LogBook::default());
+        let stderr = child.stderr.take().expect("stderr piped");
+        let book = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("host| {line}");
+                book.lines.lock().unwrap().push((Instant::now(), line));
+                book.grew.notify_all();
+            }
+        });
+        let mut host = Host {
+            child,
+            addr: String::new(),
+            control: control.to_path_buf(),
+            logs,
+            _dir: dir,
+        };
+        let line = host.wait_log("listening on http://", Duration::from_secs(60));
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .expect("address follows")
+            .split_whitespace()
+            .next()
+            .expect("address")
+            .to_string();
+        host.addr = addr;
+        host
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log on timeout.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_where(timeout, |l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?} within {timeout:?}:\n{}", self.log_text()))
+            .1
+    }
+
+    /// Waits for a log line for which `pred` holds; returns when it was read.
+    pub fn wait_log_where(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.logs.lines.lock().unwrap();
+        loop {
+            if let Some(found) = lines.iter().find(|(_, l)| pred(l)) {
+                return Some(found.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self.logs.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.logs
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        let lines = self.logs.lines.lock().unwrap();
+        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Runs `wasm-host reload [path]` against this host.
+    pub fn reload(&self, path: Option<&Path>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("reload");
+        if let Some(p) = path {
+            cmd.arg(p);
+        }
+        cmd.arg("--control").arg(&self.control).output().expect("run wasm-host reload")
+    }
+
+    /// Runs `wasm-host reload path` and insists that it succeeded.
+    pub fn reload_ok(&self, path: &Path) -> String {
+        let out = self.reload(Some(path));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "reload failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Sends `signal` to the host.
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the host to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host did not exit within {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP answer: status and body text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+fn request(addr: &str, path: &str) -> hyper::Request<Empty<Bytes>> {
+    hyper::Request::get(path)
+        .header(hyper::header::HOST, addr)
+        .body(Empty::new())
+        .expect("request")
+}
+
+async fn collect(response: hyper::Response<hyper::body::Incoming>) -> Result<Answer, String> {
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// GET on a fresh HTTP/1.1 connection.
+pub async fn get(addr: &str, path: &str) -> Result<Answer, String> {
+    let mut conn = H1::connect(addr).await?;
+    conn.get(path).await
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct H1 {
+    addr: String,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl H1 {
+    /// Opens a connection to `addr`.
+    pub async fn connect(addr: &str) -> Result<H1, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(H1 {
+            addr: addr.to_string(),
+            sender,
+        })
+    }
+
+    /// GET on this connection.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
+        self.sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        let response = self
+            .sender
+            .send_request(request(&self.addr, path))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        collect(response).await
+    }
+}
+
+/// An HTTP/2 (h2c, prior knowledge) connection; clones share it.
+#[derive(Clone)]
+pub struct H2 {
+    addr: String,
+    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+}
+
+impl H2 {
+    /// Opens a connection to `addr`.
+    pub async fn connect(addr: &str) -> Result<H2, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(H2 {
+            addr: addr.to_string(),
+            sender,
+        })
+    }
+
+    /// GET as a new stream on this connection.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
+        self.sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        let response = self
+            .sender
+            .send_request(request(&self.addr, path))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        collect(response).await
+    }
+}
+
+/// Polls `GET path` on fresh connections until the body contains `needle`.
+pub async fn wait_for_body(addr: &str, path: &str, needle: &str, timeout: Duration) -> Answer {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match get(addr, path).await {
+            Ok(answer) if answer.body.contains(needle) => return answer,
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no answer containing {needle:?} within {timeout:?}; last: {last:?}");
+}
