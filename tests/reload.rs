@@ -27,7 +27,11 @@ impl Tally {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 self.versions.lock().await.insert(a.body.trim().to_string());
             }
-            other => self.failures.lock().await.push(format!("{kind}: {other:?}")),
+            other => self
+                .failures
+                .lock()
+                .await
+                .push(format!("{kind}: {other:?}")),
         }
     }
 }
@@ -91,7 +95,12 @@ async fn fifty_reloads_under_load_lose_no_request() {
 
     for (name, tally) in [("fresh", &fresh), ("keep-alive", &keepalive), ("h2", &h2)] {
         let failures = tally.failures.lock().await;
-        assert!(failures.is_empty(), "{name}: {} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert!(
+            failures.is_empty(),
+            "{name}: {} failed, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
         let ok = tally.ok.load(Ordering::Relaxed);
         let versions = tally.versions.lock().await;
         eprintln!("{name}: {ok} ok across {} versions", versions.len());
@@ -99,7 +108,10 @@ async fn fifty_reloads_under_load_lose_no_request() {
         // Routing is per request: connections opened before the reloads
         // saw many versions, the last one included.
         assert!(versions.len() >= 10, "{name}: saw only {versions:?}");
-        assert!(versions.contains("hello from v50"), "{name}: never saw v50: {versions:?}");
+        assert!(
+            versions.contains("hello from v50"),
+            "{name}: never saw v50: {versions:?}"
+        );
     }
     let last = get(&addr, "/").await.unwrap();
     assert_eq!(last.body, "hello from v50\n");
@@ -107,7 +119,11 @@ async fn fifty_reloads_under_load_lose_no_request() {
     host.wait_log("generation=50", Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     while host.log_lines(&["version retired"]).len() < 50 {
-        assert!(Instant::now() < deadline, "not all 50 old versions retired:\n{}", host.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "not all 50 old versions retired:\n{}",
+            host.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -141,13 +157,19 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
     assert_eq!(versions[1]["generation"], 1);
     assert_eq!(versions[1]["state"], "draining");
     assert_eq!(versions[1]["in_flight"], 1);
-    assert!(host.log_lines(&["version retired", "generation=1"]).is_empty());
+    assert!(
+        host.log_lines(&["version retired", "generation=1"])
+            .is_empty()
+    );
 
     let answer = slow.await.unwrap().unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "slow v1 after 2500 ms\n");
     let retired = host.wait_log("version retired", Duration::from_secs(5));
-    assert!(retired.contains("generation=1") && retired.contains("forced=0"), "{retired}");
+    assert!(
+        retired.contains("generation=1") && retired.contains("forced=0"),
+        "{retired}"
+    );
     assert!(retired.contains("requests_drained=1"), "{retired}");
 }
 
@@ -163,8 +185,11 @@ fn notify_listener() -> (u16, Arc<std::sync::Mutex<Vec<(Instant, String)>>>) {
             let Ok(mut stream) = stream else { continue };
             let mut line = String::new();
             let _ = BufReader::new(&stream).read_line(&mut line);
-            book.lock().unwrap().push((Instant::now(), line.trim().to_string()));
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            book.lock()
+                .unwrap()
+                .push((Instant::now(), line.trim().to_string()));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
     (port, seen)
@@ -182,21 +207,37 @@ async fn background_work_of_v1_finishes_before_v1_retires() {
     let host = Host::start(&v1, &["--no-watch", "--allow-http", &allow]);
 
     let asked = Instant::now();
-    let answer = get(&host.addr, &format!("/?ms=1500&notify=http://127.0.0.1:{port}/done")).await.unwrap();
+    let answer = get(
+        &host.addr,
+        &format!("/?ms=1500&notify=http://127.0.0.1:{port}/done"),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.body, "background v1 accepted\n");
-    assert!(asked.elapsed() < Duration::from_millis(1200), "the response waited for the background work");
+    assert!(
+        asked.elapsed() < Duration::from_millis(1200),
+        "the response waited for the background work"
+    );
     host.reload_ok(&v2);
-    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "background v2 accepted\n");
+    assert_eq!(
+        get(&host.addr, "/?ms=0").await.unwrap().body,
+        "background v2 accepted\n"
+    );
 
     let (retired_at, retired) = host
-        .wait_log_where(Duration::from_secs(10), |l| l.contains("version retired") && l.contains("generation=1"))
+        .wait_log_where(Duration::from_secs(10), |l| {
+            l.contains("version retired") && l.contains("generation=1")
+        })
         .expect("v1 retired");
     let notified = seen.lock().unwrap().clone();
     let v1_done = notified
         .iter()
         .find(|(_, line)| line.contains("version=v1"))
         .unwrap_or_else(|| panic!("v1's background work never finished: {notified:?}"));
-    assert!(v1_done.0 <= retired_at, "v1 was retired before its background work finished");
+    assert!(
+        v1_done.0 <= retired_at,
+        "v1 was retired before its background work finished"
+    );
     assert!(v1_done.0.duration_since(asked) >= Duration::from_millis(1400));
     assert!(retired.contains("forced=0"), "{retired}");
 }
@@ -210,10 +251,26 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
     let hello = example("hello");
 
     let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
-        ("garbage.wasm", Some(b"this is not wasm at all".to_vec()), "not a WebAssembly file"),
-        ("core.wasm", Some(b"\0asm\x01\0\0\0".to_vec()), "core WebAssembly module, not a component"),
-        ("no-handler.wasm", Some(example("no-handler")), "does not export `wasi:http/incoming-handler"),
-        ("truncated.wasm", Some(hello[..hello.len() / 2].to_vec()), "invalid component"),
+        (
+            "garbage.wasm",
+            Some(b"this is not wasm at all".to_vec()),
+            "not a WebAssembly file",
+        ),
+        (
+            "core.wasm",
+            Some(b"\0asm\x01\0\0\0".to_vec()),
+            "core WebAssembly module, not a component",
+        ),
+        (
+            "no-handler.wasm",
+            Some(example("no-handler")),
+            "does not export `wasi:http/incoming-handler",
+        ),
+        (
+            "truncated.wasm",
+            Some(hello[..hello.len() / 2].to_vec()),
+            "invalid component",
+        ),
         ("missing.wasm", None, "No such file"),
     ];
     for (name, bytes, expected) in cases {
@@ -224,9 +281,16 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
         let out = host.reload(Some(&path));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: reload should fail");
-        assert!(stderr.contains(expected), "{name}: unexpected message: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{name}: unexpected message: {stderr}"
+        );
         assert!(stderr.contains("still serving"), "{name}: {stderr}");
-        assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n", "{name}");
+        assert_eq!(
+            get(&host.addr, "/").await.unwrap().body,
+            "hello from v1\n",
+            "{name}"
+        );
         assert!(
             !host.log_lines(&["reload refused", name]).is_empty(),
             "{name}: refusal not logged"
@@ -256,15 +320,27 @@ async fn drain_timeout_forces_out_a_stuck_version() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let swapped = Instant::now();
     host.reload_ok(&v2);
-    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "slow v2 after 0 ms\n");
+    assert_eq!(
+        get(&host.addr, "/?ms=0").await.unwrap().body,
+        "slow v2 after 0 ms\n"
+    );
 
     let answer = stuck.await.unwrap().unwrap();
     let waited = swapped.elapsed();
     assert_eq!(answer.status, 503, "{answer:?}");
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     let retired = host.wait_log("version retired", Duration::from_secs(5));
-    assert!(retired.contains("generation=1") && retired.contains("forced=1"), "{retired}");
-    assert_eq!(get(&host.addr, "/?ms=0").await.unwrap().body, "slow v2 after 0 ms\n");
+    assert!(
+        retired.contains("generation=1") && retired.contains("forced=1"),
+        "{retired}"
+    );
+    assert_eq!(
+        get(&host.addr, "/?ms=0").await.unwrap().body,
+        "slow v2 after 0 ms\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

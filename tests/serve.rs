@@ -21,7 +21,10 @@ async fn serves_http1_and_h2c_on_one_port() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&hello_app(&dir), &[]);
     let answer = get(&host.addr, "/").await.unwrap();
-    assert_eq!((answer.status, answer.body.as_str()), (200, "hello from v1\n"));
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from v1\n")
+    );
     let mut h1 = H1::connect(&host.addr).await.unwrap();
     for _ in 0..3 {
         assert_eq!(h1.get("/x").await.unwrap().body, "hello from v1\n");
@@ -57,12 +60,18 @@ async fn an_endless_loop_ends_at_the_request_timeout_while_others_are_served() {
     for _ in 0..5 {
         let asked = Instant::now();
         assert_eq!(get(&host.addr, "/").await.unwrap().body, "faulty v1\n");
-        assert!(asked.elapsed() < Duration::from_millis(1000), "a spinning guest starved others");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1000),
+            "a spinning guest starved others"
+        );
     }
     let answer = spinning.await.unwrap().unwrap();
     let took = started.elapsed();
     assert_eq!(answer.status, 504, "{answer:?}");
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "faulty v1\n");
 }
 
@@ -84,8 +93,14 @@ async fn guest_output_is_prefixed_with_app_and_generation() {
     write_version(&app, "faulty", "v1");
     let host = Host::start(&app, &[]);
     assert_eq!(get(&host.addr, "/log").await.unwrap().status, 200);
-    host.wait_log("[faulty#1] faulty says hello on stdout", Duration::from_secs(5));
-    host.wait_log("[faulty#1] faulty says hello on stderr", Duration::from_secs(5));
+    host.wait_log(
+        "[faulty#1] faulty says hello on stdout",
+        Duration::from_secs(5),
+    );
+    host.wait_log(
+        "[faulty#1] faulty says hello on stderr",
+        Duration::from_secs(5),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,12 +112,20 @@ async fn outgoing_requests_outside_allow_http_are_denied() {
     write_version(&app, "background", "v1");
     // Allowed: some other port. The guest's target is not on the list.
     let host = Host::start(&app, &["--allow-http", "127.0.0.1:1"]);
-    let answer = get(&host.addr, &format!("/?ms=0&notify=http://127.0.0.1:{port}/x")).await.unwrap();
+    let answer = get(
+        &host.addr,
+        &format!("/?ms=0&notify=http://127.0.0.1:{port}/x"),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, 200);
     let line = host.wait_log("background: notify", Duration::from_secs(5));
     assert!(line.contains("HttpRequestDenied"), "{line}");
     listener.set_nonblocking(true).unwrap();
-    assert!(listener.accept().is_err(), "the denied request reached its target");
+    assert!(
+        listener.accept().is_err(),
+        "the denied request reached its target"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,9 +140,15 @@ async fn sigterm_lets_the_slow_request_finish_then_exits_zero() {
     host.signal(libc::SIGTERM);
     host.wait_log("shutting down gracefully", Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(get(&host.addr, "/?ms=0").await.is_err(), "new connections accepted after SIGTERM");
+    assert!(
+        get(&host.addr, "/?ms=0").await.is_err(),
+        "new connections accepted after SIGTERM"
+    );
     let answer = slow.await.unwrap().unwrap();
-    assert_eq!((answer.status, answer.body.as_str()), (200, "slow v1 after 1500 ms\n"));
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "slow v1 after 1500 ms\n")
+    );
     let status = host.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     assert!(!host.control.exists(), "control socket left behind");
@@ -130,7 +159,10 @@ async fn control_socket_is_private_and_exclusive() {
     let dir = tempfile::tempdir().unwrap();
     let app = hello_app(&dir);
     let host = Host::start(&app, &[]);
-    let mode = std::fs::metadata(&host.control).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&host.control)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let second = Command::new(BIN)
@@ -141,7 +173,10 @@ async fn control_socket_is_private_and_exclusive() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
-    assert!(stderr.contains("another wasm-host is already running"), "{stderr}");
+    assert!(
+        stderr.contains("another wasm-host is already running"),
+        "{stderr}"
+    );
     // The first host is unharmed.
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n");
 }
@@ -170,7 +205,10 @@ fn reload_without_a_host_says_so() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("no wasm-host is running on control socket"), "{stderr}");
+    assert!(
+        stderr.contains("no wasm-host is running on control socket"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -208,11 +246,23 @@ fn bad_input_to_serve_is_explained() {
 
 #[test]
 fn help_explains_every_serve_flag_with_defaults() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
-        "--listen", "127.0.0.1:8080", "--control", "--no-watch", "--drain-timeout", "30s",
-        "--ready-timeout", "--request-timeout", "60s", "--allow-http", "Examples:",
+        "--listen",
+        "127.0.0.1:8080",
+        "--control",
+        "--no-watch",
+        "--drain-timeout",
+        "30s",
+        "--ready-timeout",
+        "--request-timeout",
+        "60s",
+        "--allow-http",
+        "Examples:",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }

@@ -54,5 +54,8 @@ async fn a_half_written_file_never_goes_live() {
     drop(file);
     wait_for_body(&host.addr, "/", "hello from v2", Duration::from_secs(10)).await;
     let refused = host.log_lines(&["reload refused"]);
-    assert!(refused.iter().all(|l| l.contains("invalid component")), "{refused:?}");
+    assert!(
+        refused.iter().all(|l| l.contains("invalid component")),
+        "{refused:?}"
+    );
 }

@@ -199,8 +199,15 @@ impl App {
         }
 
         let generation = current.generation() + 1;
-        let version =
-            load_version(&self.runtime, &self.settings, &path, bytes, digest, generation).await?;
+        let version = load_version(
+            &self.runtime,
+            &self.settings,
+            &path,
+            bytes,
+            digest,
+            generation,
+        )
+        .await?;
         let version = Arc::new(version);
         version.set_state(State::Live);
         let old = self.live.swap(version.clone());
@@ -282,14 +289,10 @@ async fn load_version(
             );
             Ok(version)
         }
-        Err(source) => {
-            let error = ReloadError::Refused {
-                path: path.to_path_buf(),
-                source,
-            };
-            tracing::warn!(app = %name, generation, reason = %error, "reload refused");
-            Err(error)
-        }
+        Err(source) => Err(ReloadError::Refused {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -334,8 +337,11 @@ async fn reload_worker(app: Weak<App>, mut asks: mpsc::UnboundedReceiver<ReloadA
             tracing::info!(app = %app.name(), asks = batch.len(), "coalesced reload asks into one run");
         }
         let result = app.run_reload(path).await;
-        if result.is_ok() {
-            tracing::debug!(app = %app.name(), ms = started.elapsed().as_millis() as u64, "reload finished");
+        match &result {
+            Ok(_) => {
+                tracing::debug!(app = %app.name(), ms = started.elapsed().as_millis() as u64, "reload finished")
+            }
+            Err(error) => tracing::warn!(app = %app.name(), reason = %error, "reload refused"),
         }
         for ask in batch {
             let _ = ask.reply.send(result.clone());

@@ -18,7 +18,9 @@ use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 /// zero downtime.
 #[derive(Debug, Parser)]
 #[command(name = "wasm-host", version, propagate_version = true)]
-#[command(after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host reload\n  wasm-host status\n\nLog detail: set WASM_HOST_LOG (e.g. WASM_HOST_LOG=debug).")]
+#[command(
+    after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host reload\n  wasm-host status\n\nLog detail: set WASM_HOST_LOG (e.g. WASM_HOST_LOG=debug)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,10 +29,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a wasi:http component, reloading it when the file changes.
-    #[command(after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch")]
+    #[command(
+        after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch"
+    )]
     Serve(ServeArgs),
     /// Ask a running host to reload, and print the outcome.
-    #[command(after_help = "Exits 0 when the new version is live (or the file is unchanged), 1 when the\nreload was refused; the old version keeps serving then.\n\nExamples:\n  wasm-host reload\n  wasm-host reload build/app-v2.wasm\n  wasm-host reload --control /run/wasm-host/shop.sock")]
+    #[command(
+        after_help = "Exits 0 when the new version is live (or the file is unchanged), 1 when the\nreload was refused; the old version keeps serving then.\n\nExamples:\n  wasm-host reload\n  wasm-host reload build/app-v2.wasm\n  wasm-host reload --control /run/wasm-host/shop.sock"
+    )]
     Reload(ReloadArgs),
     /// Show the versions a running host has: live and draining.
     #[command(after_help = "Examples:\n  wasm-host status\n  wasm-host status --json")]
@@ -84,7 +90,9 @@ struct ControlArgs {
 
 impl ControlArgs {
     fn socket(&self) -> PathBuf {
-        self.control.clone().unwrap_or_else(config::default_control_path)
+        self.control
+            .clone()
+            .unwrap_or_else(config::default_control_path)
     }
 }
 
@@ -111,7 +119,10 @@ struct StatusArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -152,7 +163,8 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ),
                 None => None,
             };
-            let reply = control::send(&args.control.socket(), &ControlRequest::Reload { path }).await?;
+            let reply =
+                control::send(&args.control.socket(), &ControlRequest::Reload { path }).await?;
             Ok(print_reply(reply))
         }
         Command::Status(args) => {
@@ -202,7 +214,10 @@ fn print_reply(reply: ControlReply) -> ExitCode {
 
 fn print_status(report: &StatusReport) {
     println!("app {} ({})", report.app, report.path.display());
-    println!("{:>4}  {:<12}  {:<9}  {:>9}  {:>9}", "gen", "digest", "state", "in-flight", "served");
+    println!(
+        "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}",
+        "gen", "digest", "state", "in-flight", "served"
+    );
     for v in &report.versions {
         println!(
             "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}",
@@ -217,7 +232,8 @@ fn print_status(report: &StatusReport) {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WASM_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("WASM_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -104,7 +104,10 @@ impl ServeConfig {
 fn check_component_file(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => bail!("{} is not a file; pass the path of a .wasm component", path.display()),
+        Ok(_) => bail!(
+            "{} is not a file; pass the path of a .wasm component",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "{} does not exist; build your app first (e.g. `cargo build --target wasm32-wasip2 --release`) and pass the .wasm it produces",
             path.display()
@@ -140,7 +143,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("`{text}` has an unknown unit; write e.g. 512MiB, 64m or 1G")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; write e.g. 512MiB, 64m or 1G"
+            ));
+        }
     };
     let value: usize = digits
         .trim()
@@ -154,7 +161,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 /// Checks a `HOST:PORT` value for `--allow-http`.
 pub fn parse_host_port(text: &str) -> Result<String, String> {
-    let bad = || format!("`{text}` is not HOST:PORT; write e.g. api.example.com:443 or 127.0.0.1:9000");
+    let bad =
+        || format!("`{text}` is not HOST:PORT; write e.g. api.example.com:443 or 127.0.0.1:9000");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
         return Err(bad());

@@ -102,7 +102,10 @@ impl ControlSocket {
                 }
                 Err(e) => {
                     return Err(e).with_context(|| {
-                        format!("cannot check the existing control socket {}", path.display())
+                        format!(
+                            "cannot check the existing control socket {}",
+                            path.display()
+                        )
                     });
                 }
             }
@@ -113,8 +116,14 @@ impl ControlSocket {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot listen on control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict control socket {} to its owner", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(
+            || {
+                format!(
+                    "cannot restrict control socket {} to its owner",
+                    path.display()
+                )
+            },
+        )?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),
@@ -199,7 +208,8 @@ pub async fn send(socket: &Path, request: &ControlRequest) -> Result<ControlRepl
             socket.display()
         ),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot connect to control socket {}", socket.display()));
+            return Err(e)
+                .with_context(|| format!("cannot connect to control socket {}", socket.display()));
         }
     };
     let (read, mut write) = stream.into_split();

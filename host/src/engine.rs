@@ -70,15 +70,19 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).context("failed to create the wasmtime engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("failed to create the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
         // All of WASI 0.2, so components from any toolchain link; what they
         // may touch is decided per store by the WasiCtx, which grants nothing
         // by default.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
             .context("failed to link WASI 0.2")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
             .context("failed to link wasi:http")?;
 
         start_epoch_ticker(&engine);

@@ -59,10 +59,7 @@ impl WasiHttpHooks for OutgoingPolicy {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as BoxedIo,
-            ))
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as BoxedIo))
         })
     }
 }

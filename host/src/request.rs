@@ -35,7 +35,11 @@ enum GuestEnd {
 }
 
 /// Runs `req` on `version`, holding `guard` for as long as the guest runs.
-pub async fn handle(version: Arc<Version>, guard: WorkGuard, req: hyper::Request<Incoming>) -> Response {
+pub async fn handle(
+    version: Arc<Version>,
+    guard: WorkGuard,
+    req: hyper::Request<Incoming>,
+) -> Response {
     let mut store = version.new_store();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let resources = {
@@ -142,7 +146,7 @@ fn guest_error(code: ErrorCode) -> Response {
 /// A short text response made by the host itself.
 fn plain(status: StatusCode, text: String) -> Response {
     let body = Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
+        .map_err(Into::into)
         .boxed_unsync();
     let mut response = hyper::Response::new(body);
     *response.status_mut() = status;

@@ -38,14 +38,22 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     }
     let control_task = tokio::spawn(control.serve(app.clone(), shutdown.clone()));
 
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     tracing::info!(
         app = %app.name(),
         %addr,
         control = %config.control.display(),
         "listening on http://{addr}"
     );
-    server::run(listener, Arc::clone(&app), shutdown.clone(), config.app.drain_timeout).await;
+    server::run(
+        listener,
+        Arc::clone(&app),
+        shutdown.clone(),
+        config.app.drain_timeout,
+    )
+    .await;
     app.shutdown().await;
     // Dropping the control socket removes its file.
     control_task.abort();

@@ -21,9 +21,17 @@ use crate::app::App;
 /// Accepts connections on `listener` and serves them with `app` until
 /// `shutdown` fires; then stops accepting and lets open connections finish
 /// their in-flight requests, for at most `grace`.
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken, grace: Duration) {
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let graceful = GracefulShutdown::new();
 
@@ -48,7 +56,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -59,7 +69,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
 
     drop(listener);
     tracing::info!("stopped accepting connections; waiting for open connections to finish");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "connections still open after the drain timeout; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the drain timeout; closing them"
+        );
     }
 }

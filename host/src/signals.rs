@@ -34,11 +34,17 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> Result<()> {
                 _ = int.recv() => "SIGINT",
             };
             if asked {
-                tracing::warn!(signal = name, "second shutdown signal: exiting now without draining");
+                tracing::warn!(
+                    signal = name,
+                    "second shutdown signal: exiting now without draining"
+                );
                 std::process::exit(1);
             }
             asked = true;
-            tracing::info!(signal = name, "shutting down gracefully: draining in-flight work");
+            tracing::info!(
+                signal = name,
+                "shutting down gracefully: draining in-flight work"
+            );
             shutdown.cancel();
         }
     });

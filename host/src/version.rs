@@ -59,16 +59,22 @@ impl fmt::Debug for Digest {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     /// The bytes are not WebAssembly at all.
-    #[error("not a WebAssembly file: it does not start with the `\\0asm` header (is this the right file?)")]
+    #[error(
+        "not a WebAssembly file: it does not start with the `\\0asm` header (is this the right file?)"
+    )]
     NotWasm,
     /// A core module where a component is needed.
-    #[error("this is a core WebAssembly module, not a component: build it for the `wasm32-wasip2` target, or wrap it with `wasm-tools component new`")]
+    #[error(
+        "this is a core WebAssembly module, not a component: build it for the `wasm32-wasip2` target, or wrap it with `wasm-tools component new`"
+    )]
     CoreModule,
     /// The component failed to validate or compile.
     #[error("invalid component (is the file complete?): {0}")]
     Invalid(String),
     /// The component does not export an HTTP handler.
-    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP; its exports are: {0}")]
+    #[error(
+        "the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP; its exports are: {0}"
+    )]
     NoHandler(String),
     /// An import the host does not provide, or another link failure.
     #[error("the component cannot be linked: {0}")]
@@ -297,7 +303,10 @@ mod tests {
 
     #[test]
     fn header_check_tells_garbage_core_and_component_apart() {
-        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadError::NotWasm)
+        ));
         assert!(matches!(check_header(b"\0as"), Err(LoadError::NotWasm)));
         assert!(matches!(
             check_header(b"\0asm\x01\0\0\0"),

@@ -24,13 +24,14 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Starts watching the app's component file.
 pub fn spawn(app: Arc<App>) -> Result<()> {
     let (tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-        Ok(event) => {
-            let _ = tx.send(event);
-        }
-        Err(e) => tracing::warn!(error = %e, "file watch error"),
-    })
-    .context("cannot start the file watch")?;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+            Ok(event) => {
+                let _ = tx.send(event);
+            }
+            Err(e) => tracing::warn!(error = %e, "file watch error"),
+        })
+        .context("cannot start the file watch")?;
 
     let mut paths = app.path();
     let mut target = paths.borrow_and_update().clone();

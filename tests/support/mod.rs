@@ -27,7 +27,13 @@ pub fn examples_dir() -> &'static Path {
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-target");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(repo.join("examples/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target)
@@ -92,7 +98,12 @@ impl Host {
     }
 
     /// Like [`Host::start`] with a chosen control socket.
-    pub fn start_with(component: &Path, control: &Path, args: &[&str], dir: tempfile::TempDir) -> Host {
+    pub fn start_with(
+        component: &Path,
+        control: &Path,
+        args: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Host {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg(component)
@@ -138,12 +149,21 @@ impl Host {
     /// Waits for a log line containing `needle`; panics with the log on timeout.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         self.wait_log_where(timeout, |l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no log line with {needle:?} within {timeout:?}:\n{}", self.log_text()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no log line with {needle:?} within {timeout:?}:\n{}",
+                    self.log_text()
+                )
+            })
             .1
     }
 
     /// Waits for a log line for which `pred` holds; returns when it was read.
-    pub fn wait_log_where(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+    pub fn wait_log_where(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.logs.lines.lock().unwrap();
         loop {
@@ -154,7 +174,12 @@ impl Host {
             if now >= deadline {
                 return None;
             }
-            lines = self.logs.grew.wait_timeout(lines, deadline - now).unwrap().0;
+            lines = self
+                .logs
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -173,7 +198,11 @@ impl Host {
     /// The whole log so far.
     pub fn log_text(&self) -> String {
         let lines = self.logs.lines.lock().unwrap();
-        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Runs `wasm-host reload [path]` against this host.
@@ -183,7 +212,10 @@ impl Host {
         if let Some(p) = path {
             cmd.arg(p);
         }
-        cmd.arg("--control").arg(&self.control).output().expect("run wasm-host reload")
+        cmd.arg("--control")
+            .arg(&self.control)
+            .output()
+            .expect("run wasm-host reload")
     }
 
     /// Runs `wasm-host reload path` and insists that it succeeded.
@@ -211,7 +243,11 @@ impl Host {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "host did not exit within {timeout:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "host did not exit within {timeout:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -272,7 +308,9 @@ pub struct H1 {
 impl H1 {
     /// Opens a connection to `addr`.
     pub async fn connect(addr: &str) -> Result<H1, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -285,7 +323,10 @@ impl H1 {
 
     /// GET on this connection.
     pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
-        self.sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("not ready: {e}"))?;
         let response = self
             .sender
             .send_request(request(&self.addr, path))
@@ -305,10 +346,13 @@ pub struct H2 {
 impl H2 {
     /// Opens a connection to `addr`.
     pub async fn connect(addr: &str) -> Result<H2, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| format!("connect: {e}"))?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
         Ok(H2 {
             addr: addr.to_string(),
@@ -318,7 +362,10 @@ impl H2 {
 
     /// GET as a new stream on this connection.
     pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
-        self.sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("not ready: {e}"))?;
         let response = self
             .sender
             .send_request(request(&self.addr, path))
