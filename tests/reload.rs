@@ -173,8 +173,11 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
     assert!(retired.contains("requests_drained=1"), "{retired}");
 }
 
+/// Request lines a listener got, each with the moment it arrived.
+type Seen = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
 /// A listener that records the request lines it gets, with their time.
-fn notify_listener() -> (u16, Arc<std::sync::Mutex<Vec<(Instant, String)>>>) {
+fn notify_listener() -> (u16, Seen) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

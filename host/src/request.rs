@@ -44,8 +44,15 @@ pub async fn handle(
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let resources = {
         let mut http = store.data_mut().http();
+        // Count the response when the guest sets it, before its work can
+        // end, so a drain that ends right after still counts it.
+        let counted = version.clone();
+        let respond = move |response| {
+            counted.count_served();
+            let _ = sender.send(response);
+        };
         http.new_incoming_request(Scheme::Http, req)
-            .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
+            .and_then(|req| Ok((req, http.new_response_outparam_from_callback(respond)?)))
     };
     let (req, out) = match resources {
         Ok(pair) => pair,
@@ -77,14 +84,8 @@ pub async fn handle(
     });
 
     match receiver.await {
-        Ok(Ok(response)) => {
-            version.count_served();
-            response
-        }
-        Ok(Err(code)) => {
-            version.count_served();
-            guest_error(code)
-        }
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => guest_error(code),
         // The guest ended without setting a response: say why.
         Err(_) => match task.await {
             Ok(GuestEnd::TimedOut) => plain(

@@ -65,8 +65,12 @@ fn notify(url: &str, version: &str) -> Result<(), String> {
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "authority")?;
     request
         .set_path_with_query(Some(&format!("{path}?version={version}")))
         .map_err(|()| "path")?;

@@ -30,5 +30,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         }
         _ => {}
     }
-    Ok(Response::new(format!("faulty {}\n", stamp::version()).into()))
+    Ok(Response::new(
+        format!("faulty {}\n", stamp::version()).into(),
+    ))
 }
