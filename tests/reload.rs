@@ -359,3 +359,64 @@ async fn sighup_reloads_from_the_current_path() {
     host.signal(libc::SIGHUP);
     wait_for_body(&host.addr, "/", "hello from v2", Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reload_asks_are_coalesced_and_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("hello.wasm");
+    write_version(&app, "hello", "v0");
+    let host = Host::start(&app, &["--no-watch"]);
+    let hello = example("hello");
+    let mut asks = Vec::new();
+    for n in 1..=6 {
+        let path = dir.path().join(format!("hello-{n}.wasm"));
+        std::fs::write(&path, stamp(&hello, &format!("v{n}"))).unwrap();
+        asks.push(
+            std::process::Command::new(support::BIN)
+                .arg("reload")
+                .arg(&path)
+                .arg("--control")
+                .arg(&host.control)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let mut said = Vec::new();
+    for ask in asks {
+        let out = ask.wait_with_output().unwrap();
+        assert!(out.status.success(), "an ask was refused or lost");
+        said.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(
+        said.iter().all(|s| s.starts_with("reloaded: generation")),
+        "{said:?}"
+    );
+    // Six asks while reloads run one at a time: fewer than six runs.
+    let live = host.log_lines(&["version live"]);
+    assert!(live.len() <= 7, "{live:?}");
+    // Whatever ran last is what serves, and it is one of the asked versions.
+    let body = get(&host.addr, "/").await.unwrap().body;
+    assert!(
+        (1..=6).any(|n| body == format!("hello from v{n}\n")),
+        "{body}"
+    );
+    let last = live.last().unwrap();
+    let generation = last
+        .split("generation=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let status = String::from_utf8_lossy(
+        &std::process::Command::new(support::BIN)
+            .args(["status", "--control"])
+            .arg(&host.control)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(status.contains(&format!("   {generation}  ")), "{status}");
+}
