@@ -420,3 +420,23 @@ async fn concurrent_reload_asks_are_coalesced_and_all_answered() {
     .into_owned();
     assert!(status.contains(&format!("   {generation}  ")), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_a_recent_version_reuses_its_compiled_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.wasm");
+    let b = dir.path().join("b.wasm");
+    write_version(&a, "hello", "va");
+    write_version(&b, "hello", "vb");
+    let host = Host::start(&a, &["--no-watch"]);
+    host.reload_ok(&b);
+    assert!(host.reload_ok(&a).contains("generation 3"));
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from va\n");
+    let loaded = host.log_lines(&["version loaded"]);
+    assert_eq!(loaded.len(), 3, "{loaded:?}");
+    assert!(loaded[0].contains("cached=false") && loaded[1].contains("cached=false"));
+    assert!(
+        loaded[2].contains("generation=3") && loaded[2].contains("cached=true"),
+        "{loaded:?}"
+    );
+}

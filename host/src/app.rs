@@ -285,6 +285,7 @@ async fn load_version(
                 generation,
                 digest = %digest.short(),
                 compile_ms = version.compile_time().as_millis() as u64,
+                cached = version.was_cached(),
                 "version loaded"
             );
             Ok(version)

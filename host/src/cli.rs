@@ -78,6 +78,14 @@ struct ServeArgs {
     /// more fails that request with 500.
     #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
     max_memory: usize,
+    /// Directory of the on-disk compilation cache (keyed by content and
+    /// engine settings), so a restarted host does not compile again
+    /// [default: $XDG_CACHE_HOME/wasm-host, else ~/.cache/wasm-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not cache compiled code on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +159,8 @@ async fn run(command: Command) -> Result<ExitCode> {
                 request_timeout: args.request_timeout,
                 allow_http: args.allow_http,
                 max_memory: args.max_memory,
+                cache_dir: args.cache_dir,
+                no_cache: args.no_cache,
             })?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)

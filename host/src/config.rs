@@ -56,6 +56,10 @@ pub struct ServeInput {
     pub allow_http: Vec<String>,
     /// Memory limit per instance, bytes.
     pub max_memory: usize,
+    /// On-disk compilation cache, or the default; ignored with `no_cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Disable the on-disk compilation cache.
+    pub no_cache: bool,
 }
 
 impl ServeConfig {
@@ -94,6 +98,8 @@ impl ServeConfig {
             watch: input.watch,
             engine: EngineSettings {
                 max_memory: input.max_memory,
+                cache_dir: (!input.no_cache)
+                    .then(|| input.cache_dir.unwrap_or_else(default_cache_dir)),
                 ..EngineSettings::default()
             },
         })
@@ -125,6 +131,21 @@ pub fn default_control_path() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     PathBuf::from(format!("/tmp/wasm-host-{uid}.sock"))
+}
+
+/// The on-disk compilation cache used when `--cache-dir` is not given:
+/// `$XDG_CACHE_HOME/wasm-host`, else `$HOME/.cache/wasm-host`, else
+/// `/tmp/wasm-host-cache-$UID`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("wasm-host");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".cache/wasm-host");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    PathBuf::from(format!("/tmp/wasm-host-cache-{uid}"))
 }
 
 /// Parses a duration such as `30s`, `500ms` or `2m`.

@@ -4,17 +4,22 @@
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outgoing::OutgoingPolicy;
+use crate::version::Digest;
 
 /// How often the engine's epoch advances. Every running guest yields to the
 /// async executor at each tick, which is what lets a timeout or a forced
@@ -28,6 +33,9 @@ pub struct EngineSettings {
     pub max_memory: usize,
     /// Instances that may exist at once, across every version alive.
     pub max_instances: u32,
+    /// Where compiled code is cached on disk, keyed by content and engine
+    /// settings, so a restarted host skips compiling; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -35,15 +43,22 @@ impl Default for EngineSettings {
         Self {
             max_memory: 512 << 20,
             max_instances: 1000,
+            cache_dir: None,
         }
     }
 }
+
+/// Compiled components kept in memory, so reloading a recent version (a
+/// rollback, or flipping between two builds) costs no compile at all.
+const MEMORY_CACHE_ENTRIES: usize = 4;
 
 /// The engine, its linker, and the ticker that drives epoch interruption.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// Most recently used first.
+    compiled: Arc<Mutex<Vec<(Digest, Component)>>>,
 }
 
 impl Runtime {
@@ -70,6 +85,19 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &settings.cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            match Cache::new(cache) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                // A cache is an optimization: run without it rather than not at all.
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "compilation cache disabled")
+                }
+            }
+        }
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("failed to create the wasmtime engine")?;
@@ -89,7 +117,32 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            compiled: Arc::default(),
         })
+    }
+
+    /// Compiles `bytes` (whose digest is `digest`), or returns the component
+    /// compiled for the same digest recently. Blocks: call it off the
+    /// request-serving threads. The flag says whether it came from memory.
+    pub fn compile(&self, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+        if let Some(component) = self.cached(digest) {
+            return Ok((component, true));
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.insert(0, (digest, component.clone()));
+            compiled.truncate(MEMORY_CACHE_ENTRIES);
+        }
+        Ok((component, false))
+    }
+
+    fn cached(&self, digest: Digest) -> Option<Component> {
+        let mut compiled = self.compiled.lock().ok()?;
+        let at = compiled.iter().position(|(d, _)| *d == digest)?;
+        let entry = compiled.remove(at);
+        let component = entry.1.clone();
+        compiled.insert(0, entry);
+        Some(component)
     }
 
     /// The process-wide engine.

@@ -130,6 +130,7 @@ pub struct Version {
     generation: u64,
     digest: Digest,
     compile_time: Duration,
+    cached: bool,
     runtime: Runtime,
     pre: ProxyPre<HostState>,
     log: GuestLog,
@@ -153,11 +154,12 @@ impl Version {
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
         let started = Instant::now();
-        let engine = runtime.engine().clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let compiler = runtime.clone();
+        let (component, cached) =
+            tokio::task::spawn_blocking(move || compiler.compile(digest, &bytes))
+                .await
+                .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let compile_time = started.elapsed();
 
         check_exports(runtime, &component)?;
@@ -171,6 +173,7 @@ impl Version {
             generation,
             digest,
             compile_time,
+            cached,
             runtime: runtime.clone(),
             pre,
             log: GuestLog::new(&settings.app, generation),
@@ -228,6 +231,11 @@ impl Version {
     /// How long compilation took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Whether the compiled code came from the in-memory cache.
+    pub fn was_cached(&self) -> bool {
+        self.cached
     }
 
     /// Bound on one request's run, background work included.

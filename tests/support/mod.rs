@@ -109,6 +109,8 @@ impl Host {
             .arg(component)
             .args(["--listen", "127.0.0.1:0", "--control"])
             .arg(control)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
             .args(args)
             .env("WASM_HOST_LOG", "info")
             .stdout(Stdio::null())
