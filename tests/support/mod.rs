@@ -52,17 +52,7 @@ pub fn example(name: &str) -> Vec<u8> {
 
 /// `bytes` of an example with `version` stamped in (see examples/stamp).
 pub fn stamp(bytes: &[u8], version: &str) -> Vec<u8> {
-    const PREFIX: &[u8] = b"wasm-host-version=";
-    assert!(version.len() <= 14, "version text too long");
-    let at = bytes
-        .windows(PREFIX.len())
-        .position(|w| w == PREFIX)
-        .expect("the component carries a version stamp");
-    let mut out = bytes.to_vec();
-    let field = &mut out[at + PREFIX.len()..at + PREFIX.len() + 14];
-    field.fill(b' ');
-    field[..version.len()].copy_from_slice(version.as_bytes());
-    out
+    stamp::restamp(bytes, version).expect("the component carries a version stamp")
 }
 
 /// Writes example `name` stamped with `version` to `path`.

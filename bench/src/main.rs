@@ -1,0 +1,346 @@
+//! `wasm-host-bench`: measures wasm-host against its peers on this machine,
+//! in one run, and writes a Markdown report and an SVG chart.
+//!
+//! Run with `cargo run --release -p wasm-host-bench`. It builds the release
+//! `wasm-host` and the example apps, then measures throughput and latency
+//! (keep-alive and a new connection per request) for wasm-host, `wasmtime
+//! serve` with default and tuned pooling flags (when `wasmtime` is
+//! installed), and a native hyper server; reload latency and latency during
+//! a reload storm; and resident memory after 1 and after many reloads.
+
+mod load;
+mod native;
+mod report;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use load::{LoadResult, LoadSpec};
+use servers::{Kind, Server, Tools};
+
+/// Benchmark wasm-host against wasmtime serve and a native hyper server.
+#[derive(Parser, Debug)]
+#[command(name = "wasm-host-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// Length of each measured load run.
+    #[arg(long, default_value = "5s", value_parser = wasm_host::config::parse_duration)]
+    duration: Duration,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Rounds over all servers (alternating order), averaged.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Interval of the reload storm.
+    #[arg(long, default_value = "100ms", value_parser = wasm_host::config::parse_duration)]
+    reload_every: Duration,
+    /// Reloads before the second memory reading.
+    #[arg(long, default_value_t = 1000)]
+    reloads: usize,
+    /// Where to write REPORT.md and the chart.
+    #[arg(long, default_value = "bench/report")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Serve the native hello server (used by the benchmark itself).
+    NativeHello {
+        /// Listen address.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::NativeHello { listen }) = cli.command {
+        return native::serve(listen);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = std::env::temp_dir().join(format!("wasm-host-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let tools = prepare(&repo, &scratch)?;
+    let hello = std::fs::read(repo.join("examples/target/wasm32-wasip2/release/hello.wasm"))
+        .context("hello.wasm was not built")?;
+    let component = scratch.join("hello.wasm");
+    std::fs::write(&component, stamp(&hello, "v1")?)?;
+
+    let mut report = report::Report::new(&cli.duration, cli.connections, cli.rounds);
+    match &tools.wasmtime {
+        Some(p) => println!("peer: {}", p.display()),
+        None => {
+            let note = "wasmtime not found on PATH: `wasmtime serve` was skipped (install it with `cargo install wasmtime-cli --version 48.0.8`)";
+            println!("{note}");
+            report.note(note);
+        }
+    }
+
+    throughput(&cli, &tools, &component, &mut report)?;
+    storm(&cli, &tools, &component, &hello, &mut report)?;
+    memory(&cli, &tools, &component, &hello, &mut report)?;
+
+    std::fs::create_dir_all(&cli.out)?;
+    report.write(&cli.out)?;
+    println!(
+        "\nreport written to {}",
+        cli.out.join("REPORT.md").display()
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// Builds the release host and the examples; finds the peers.
+fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "wasm-host",
+            "--bin",
+            "wasm-host",
+        ])
+        .current_dir(repo)
+        .status()?;
+    if !status.success() {
+        bail!("building the release wasm-host failed");
+    }
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(repo.join("examples/Cargo.toml"))
+        .status()?;
+    if !status.success() {
+        bail!("building the example apps failed");
+    }
+    let bench = std::env::current_exe()?;
+    let wasm_host = bench.with_file_name("wasm-host");
+    if !wasm_host.is_file() {
+        bail!("{} is missing after the build", wasm_host.display());
+    }
+    Ok(Tools {
+        wasm_host,
+        wasmtime: servers::find_wasmtime(),
+        bench,
+        scratch: scratch.to_path_buf(),
+    })
+}
+
+fn stamp(component: &[u8], version: &str) -> Result<Vec<u8>> {
+    stamp::restamp(component, version).context("hello.wasm carries no version stamp")
+}
+
+/// The servers to compare, by name.
+fn contenders(tools: &Tools) -> Vec<(&'static str, Kind)> {
+    let mut list = vec![("wasm-host", Kind::WasmHost(vec![]))];
+    if tools.wasmtime.is_some() {
+        list.push(("wasmtime serve (defaults)", Kind::Wasmtime(vec![])));
+        list.push((
+            "wasmtime serve (tuned)",
+            Kind::Wasmtime(
+                servers::WASMTIME_TUNED
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+        ));
+    }
+    list.push(("native hyper (ceiling)", Kind::Native));
+    list
+}
+
+fn throughput(
+    cli: &Cli,
+    tools: &Tools,
+    component: &Path,
+    report: &mut report::Report,
+) -> Result<()> {
+    let list = contenders(tools);
+    for round in 0..cli.rounds {
+        for i in 0..list.len() {
+            // Alternate the order so no server always runs on a warmer machine.
+            let (name, kind) = &list[(i + round) % list.len()];
+            let server = Server::start(kind, tools, component)?;
+            let spec = |keep_alive, duration| LoadSpec {
+                addr: server.addr,
+                connections: cli.connections,
+                duration,
+                keep_alive,
+            };
+            load::run(&spec(true, Duration::from_secs(1)))?;
+            for keep_alive in [true, false] {
+                let result = load::run(&spec(keep_alive, cli.duration))?;
+                println!(
+                    "round {} {name:<28} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                    round + 1,
+                    if keep_alive { "keep-alive" } else { "new-conn" },
+                    result.rps(),
+                    result.ms(0.5),
+                    result.ms(0.99),
+                    result.errors
+                );
+                report.throughput(name, keep_alive, &result);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one reload to `server` and waits for its outcome.
+fn reload(server: &Server, path: &Path) -> Result<()> {
+    let control = server
+        .control
+        .as_deref()
+        .context("not a wasm-host server")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = wasm_host::control::ControlRequest::Reload {
+        path: Some(path.to_path_buf()),
+    };
+    match rt.block_on(wasm_host::control::send(control, &request))? {
+        wasm_host::control::ControlReply::Reloaded(_) => Ok(()),
+        other => bail!("reload failed: {other:?}"),
+    }
+}
+
+/// Load at rest, then the same load with a reload every `--reload-every`.
+fn storm(
+    cli: &Cli,
+    tools: &Tools,
+    component: &Path,
+    hello: &[u8],
+    report: &mut report::Report,
+) -> Result<()> {
+    let server = Server::start(&Kind::WasmHost(vec![]), tools, component)?;
+    // Distinct versions, compiled once up front so the storm measures the
+    // swap itself; then a few never-seen versions for cold reloads.
+    let count = (cli.duration.as_millis() / cli.reload_every.as_millis()) as usize + 2;
+    let mut versions = Vec::new();
+    for n in 0..count {
+        let path = tools.scratch.join(format!("storm-{n}.wasm"));
+        std::fs::write(&path, stamp(hello, &format!("s{n}"))?)?;
+        reload(&server, &path)?;
+        versions.push((format!("hello from s{n}"), path));
+    }
+    reload(&server, component)?;
+
+    let spec = LoadSpec {
+        addr: server.addr,
+        connections: cli.connections,
+        duration: cli.duration * 2,
+        keep_alive: true,
+    };
+    let reloads = std::thread::scope(|scope| -> Result<_> {
+        let loader = scope.spawn(|| load::run(&spec));
+        std::thread::sleep(cli.duration);
+        let mut sent = Vec::new();
+        for (body, path) in &versions {
+            let at = Instant::now();
+            reload(&server, path)?;
+            sent.push((body.clone(), at, at.elapsed()));
+            std::thread::sleep(cli.reload_every.saturating_sub(at.elapsed()));
+        }
+        let result = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        Ok((result, sent))
+    })?;
+    let (result, sent) = reloads;
+    let latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(body, at, _)| {
+            result
+                .first_seen
+                .get(body)
+                .map(|seen| seen.saturating_duration_since(*at))
+        })
+        .collect();
+    let commands: Vec<Duration> = sent.iter().map(|(_, _, took)| *took).collect();
+
+    // Cold reloads: versions the host has never compiled.
+    let mut cold = Vec::new();
+    for n in 0..5 {
+        let path = tools.scratch.join(format!("cold-{n}.wasm"));
+        std::fs::write(&path, stamp(hello, &format!("c{n}"))?)?;
+        let at = Instant::now();
+        reload(&server, &path)?;
+        cold.push(at.elapsed());
+    }
+    report.storm(
+        &result,
+        cli.duration,
+        &latencies,
+        &commands,
+        &cold,
+        sent.len(),
+        &sent_offsets(&result, &sent),
+    );
+    Ok(())
+}
+
+fn sent_offsets(result: &LoadResult, sent: &[(String, Instant, Duration)]) -> Vec<Duration> {
+    sent.iter()
+        .map(|(_, at, _)| at.saturating_duration_since(result.started))
+        .collect()
+}
+
+/// Resident memory after one reload and after `--reloads` reloads.
+fn memory(
+    cli: &Cli,
+    tools: &Tools,
+    component: &Path,
+    hello: &[u8],
+    report: &mut report::Report,
+) -> Result<()> {
+    let server = Server::start(&Kind::WasmHost(vec![]), tools, component)?;
+    let other = tools.scratch.join("memory-b.wasm");
+    std::fs::write(&other, stamp(hello, "vb")?)?;
+    let exercise = || {
+        load::run(&LoadSpec {
+            addr: server.addr,
+            connections: 4,
+            duration: Duration::from_millis(500),
+            keep_alive: true,
+        })
+    };
+    reload(&server, &other)?;
+    exercise()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after_one = server.rss_kib()?;
+    let started = Instant::now();
+    for n in 0..cli.reloads {
+        reload(&server, if n % 2 == 0 { component } else { &other })?;
+        if n % 100 == 99 {
+            exercise()?;
+        }
+    }
+    let took = started.elapsed();
+    exercise()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after_many = server.rss_kib()?;
+    println!(
+        "memory: {after_one} KiB after 1 reload, {after_many} KiB after {} more ({:.2}x); {} reloads took {:?}",
+        cli.reloads,
+        after_many as f64 / after_one as f64,
+        cli.reloads,
+        took
+    );
+    report.memory(after_one, after_many, cli.reloads, took);
+    Ok(())
+}

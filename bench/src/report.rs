@@ -1,0 +1,330 @@
+//! The benchmark report: a Markdown file with the measured tables and ratio
+//! lines, and an SVG chart of throughput and p99 over the reload storm.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::load::{BUCKET, LoadResult};
+
+/// One throughput measurement.
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+/// What the reload storm showed.
+struct Storm {
+    rest_p99: f64,
+    storm_p99: f64,
+    rest_rps: f64,
+    storm_rps: f64,
+    errors: u64,
+    reloads: usize,
+    latency_ms: Vec<f64>,
+    command_ms: Vec<f64>,
+    cold_ms: Vec<f64>,
+    chart: String,
+}
+
+/// Everything measured, in the order it was measured.
+pub struct Report {
+    setup: String,
+    notes: Vec<String>,
+    runs: BTreeMap<(String, bool), Vec<Run>>,
+    order: Vec<String>,
+    storm: Option<Storm>,
+    memory: Option<(u64, u64, usize, Duration)>,
+}
+
+impl Report {
+    /// A report for runs of `duration` with `connections` connections.
+    pub fn new(duration: &Duration, connections: usize, rounds: usize) -> Self {
+        Self {
+            setup: format!(
+                "{connections} connections, {duration:?} per run, {rounds} rounds alternating the order, one client thread, all on 127.0.0.1, on a {}-core machine",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(0)
+            ),
+            notes: Vec::new(),
+            runs: BTreeMap::new(),
+            order: Vec::new(),
+            storm: None,
+            memory: None,
+        }
+    }
+
+    /// Adds a note shown under the tables.
+    pub fn note(&mut self, text: &str) {
+        self.notes.push(text.to_string());
+    }
+
+    /// Records one throughput run.
+    pub fn throughput(&mut self, name: &str, keep_alive: bool, r: &LoadResult) {
+        if !self.order.iter().any(|n| n == name) {
+            self.order.push(name.to_string());
+        }
+        self.runs
+            .entry((name.to_string(), keep_alive))
+            .or_default()
+            .push(Run {
+                rps: r.rps(),
+                p50: r.ms(0.5),
+                p99: r.ms(0.99),
+                p999: r.ms(0.999),
+                errors: r.errors,
+            });
+    }
+
+    /// Records the reload storm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn storm(
+        &mut self,
+        r: &LoadResult,
+        rest: Duration,
+        latencies: &[Duration],
+        commands: &[Duration],
+        cold: &[Duration],
+        reloads: usize,
+        marks: &[Duration],
+    ) {
+        let at_rest = r.window(Duration::ZERO, rest);
+        let stormy = r.window(rest, rest * 2);
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        self.storm = Some(Storm {
+            rest_p99: at_rest.value_at_quantile(0.99) as f64 / 1000.0,
+            storm_p99: stormy.value_at_quantile(0.99) as f64 / 1000.0,
+            rest_rps: at_rest.len() as f64 / rest.as_secs_f64(),
+            storm_rps: stormy.len() as f64 / rest.as_secs_f64(),
+            errors: r.errors,
+            reloads,
+            latency_ms: latencies.iter().map(ms).collect(),
+            command_ms: commands.iter().map(ms).collect(),
+            cold_ms: cold.iter().map(ms).collect(),
+            chart: chart(r, marks),
+        });
+    }
+
+    /// Records the memory readings.
+    pub fn memory(&mut self, after_one: u64, after_many: u64, reloads: usize, took: Duration) {
+        self.memory = Some((after_one, after_many, reloads, took));
+    }
+
+    fn mean(&self, name: &str, keep_alive: bool) -> Option<Run> {
+        let runs = self.runs.get(&(name.to_string(), keep_alive))?;
+        let n = runs.len() as f64;
+        let avg = |f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        Some(Run {
+            rps: avg(|r| r.rps),
+            p50: avg(|r| r.p50),
+            p99: avg(|r| r.p99),
+            p999: avg(|r| r.p999),
+            errors: runs.iter().map(|r| r.errors).sum(),
+        })
+    }
+
+    /// Writes `REPORT.md` and `storm.svg` into `dir`, and prints the summary.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut md = String::new();
+        writeln!(md, "# wasm-host benchmark\n\nSetup: {}.\n", self.setup)?;
+        writeln!(md, "Command: `cargo run --release -p wasm-host-bench`\n")?;
+        for keep_alive in [true, false] {
+            let mode = if keep_alive {
+                "keep-alive connections"
+            } else {
+                "a new connection per request"
+            };
+            writeln!(md, "## Throughput, {mode}\n")?;
+            writeln!(
+                md,
+                "| server | req/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---:|---:|---:|---:|---:|"
+            )?;
+            for name in &self.order {
+                if let Some(r) = self.mean(name, keep_alive) {
+                    writeln!(
+                        md,
+                        "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                        r.rps, r.p50, r.p99, r.p999, r.errors
+                    )?;
+                }
+            }
+            writeln!(md)?;
+            if let Some(ours) = self.mean("wasm-host", keep_alive) {
+                for name in self.order.iter().filter(|n| *n != "wasm-host") {
+                    if let Some(peer) = self.mean(name, keep_alive) {
+                        writeln!(md, "- wasm-host / {name}: **{:.2}×**", ours.rps / peer.rps)?;
+                    }
+                }
+                writeln!(md)?;
+            }
+        }
+        if let Some(s) = &self.storm {
+            writeln!(md, "## Reloads under load\n")?;
+            writeln!(md, "| | value |\n|---|---:|")?;
+            writeln!(md, "| reloads during the storm | {} |", s.reloads)?;
+            writeln!(md, "| errors | {} |", s.errors)?;
+            writeln!(
+                md,
+                "| req/s at rest / during storm | {:.0} / {:.0} |",
+                s.rest_rps, s.storm_rps
+            )?;
+            writeln!(
+                md,
+                "| p99 at rest / during storm (ms) | {:.2} / {:.2} ({:.2}×) |",
+                s.rest_p99,
+                s.storm_p99,
+                s.storm_p99 / s.rest_p99.max(0.001)
+            )?;
+            writeln!(
+                md,
+                "| reload latency p50 / p99 / max (ms): command sent → first response from the new version | {} |",
+                quantiles(&s.latency_ms)
+            )?;
+            writeln!(
+                md,
+                "| `reload` command round trip p50 / p99 / max (ms), cached component | {} |",
+                quantiles(&s.command_ms)
+            )?;
+            writeln!(
+                md,
+                "| cold reload (compile) p50 / p99 / max (ms), {} never-seen versions | {} |",
+                s.cold_ms.len(),
+                quantiles(&s.cold_ms)
+            )?;
+            writeln!(
+                md,
+                "\n![throughput and p99 during the reload storm](storm.svg)\n"
+            )?;
+            std::fs::write(dir.join("storm.svg"), &s.chart)?;
+        }
+        if let Some((one, many, n, took)) = self.memory {
+            writeln!(md, "## Memory\n")?;
+            writeln!(md, "| | RSS |\n|---|---:|")?;
+            writeln!(md, "| after 1 reload | {} KiB |", one)?;
+            writeln!(
+                md,
+                "| after {n} more reloads | {} KiB ({:.2}×) |",
+                many,
+                many as f64 / one as f64
+            )?;
+            writeln!(
+                md,
+                "\n{n} reloads took {took:.1?} ({:.2} ms each).\n",
+                took.as_secs_f64() * 1000.0 / n as f64
+            )?;
+        }
+        for note in &self.notes {
+            writeln!(md, "> {note}\n")?;
+        }
+        std::fs::write(dir.join("REPORT.md"), &md)?;
+        println!("\n{md}");
+        Ok(())
+    }
+}
+
+fn quantiles(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "n/a".into();
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!("{:.2} / {:.2} / {:.2}", at(0.5), at(0.99), v[v.len() - 1])
+}
+
+/// Requests/s (blue) and p99 (orange) per 100 ms bucket, reloads as ticks.
+fn chart(r: &LoadResult, marks: &[Duration]) -> String {
+    let (w, h, pad) = (900.0, 320.0, 50.0);
+    let per_sec = 1000.0 / BUCKET.as_millis() as f64;
+    let n = r.timeline.len().saturating_sub(1).max(1);
+    let rps: Vec<f64> = r
+        .timeline
+        .iter()
+        .map(|b| b.latency.len() as f64 * per_sec)
+        .collect();
+    let p99: Vec<f64> = r
+        .timeline
+        .iter()
+        .map(|b| b.latency.value_at_quantile(0.99) as f64 / 1000.0)
+        .collect();
+    let max_rps = rps.iter().cloned().fold(1.0, f64::max);
+    let max_p99 = p99.iter().cloned().fold(0.1, f64::max);
+    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / n as f64;
+    let y = |v: f64, max: f64| h - pad - (h - 2.0 * pad) * v / max;
+    let line = |vals: &[f64], max: f64| {
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v, max)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let total = r.timeline.len() as f64 * BUCKET.as_secs_f64();
+    for m in marks {
+        let mx = pad + (w - 2.0 * pad) * (m.as_secs_f64() / total).min(1.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{mx:.1}\" x2=\"{mx:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#ccc\"/>",
+            pad,
+            h - pad
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>",
+        line(&rps, max_rps)
+    );
+    let _ = writeln!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"1.5\" points=\"{}\"/>",
+        line(&p99, max_p99)
+    );
+    for (i, b) in r.timeline.iter().enumerate().filter(|(_, b)| b.errors > 0) {
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{}\" r=\"3\" fill=\"red\"><title>{} errors</title></circle>",
+            x(i),
+            h - pad,
+            b.errors
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{pad}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        w - pad,
+        h - pad,
+        h - pad
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{pad}\" y=\"20\" fill=\"#1f77b4\">req/s (max {max_rps:.0})</text>"
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"20\" fill=\"#ff7f0e\">p99 ms (max {max_p99:.2})</text>",
+        pad + 220.0
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"20\" fill=\"#888\">grey: reloads, red: errors</text>",
+        pad + 440.0
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{total:.1} s</text>",
+        h - pad + 18.0,
+        w - pad,
+        h - pad + 18.0
+    );
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -1,0 +1,166 @@
+//! The servers under test, each run as its own process on loopback: this
+//! project's `wasm-host`, `wasmtime serve` with default and tuned pooling
+//! flags, and a native hyper hello server (the ceiling).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The flags that took `wasmtime serve` from ~7.9k to ~19.5k req/s here.
+pub const WASMTIME_TUNED: &[&str] = &[
+    "-O",
+    "pooling-pagemap-scan=y",
+    "-O",
+    "pooling-memory-keep-resident=4194304",
+    "-O",
+    "pooling-table-keep-resident=1048576",
+    "-O",
+    "pooling-decommit-batch-size=128",
+];
+
+/// Which server to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `wasm-host serve`, with extra flags.
+    WasmHost(Vec<String>),
+    /// `wasmtime serve -Scli`, with extra flags.
+    Wasmtime(Vec<String>),
+    /// The native hyper hello server.
+    Native,
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its control socket, for `wasm-host`.
+    pub control: Option<PathBuf>,
+}
+
+/// Paths the servers need.
+pub struct Tools {
+    /// The `wasm-host` binary.
+    pub wasm_host: PathBuf,
+    /// The `wasmtime` binary, if found.
+    pub wasmtime: Option<PathBuf>,
+    /// This benchmark's own binary (it serves the native hello).
+    pub bench: PathBuf,
+    /// A scratch directory.
+    pub scratch: PathBuf,
+}
+
+impl Server {
+    /// Starts `kind` serving `component` and waits until it accepts.
+    pub fn start(kind: &Kind, tools: &Tools, component: &Path) -> Result<Server> {
+        let addr = free_addr()?;
+        let mut control = None;
+        let mut cmd = match kind {
+            Kind::WasmHost(extra) => {
+                let sock = tools.scratch.join(format!("control-{}.sock", addr.port()));
+                let mut c = Command::new(&tools.wasm_host);
+                c.arg("serve")
+                    .arg(component)
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .arg("--control")
+                    .arg(&sock)
+                    .arg("--cache-dir")
+                    .arg(tools.scratch.join("cache"))
+                    .arg("--no-watch")
+                    .args(extra);
+                control = Some(sock);
+                c
+            }
+            Kind::Wasmtime(extra) => {
+                let Some(wasmtime) = &tools.wasmtime else {
+                    bail!("wasmtime is not installed");
+                };
+                let mut c = Command::new(wasmtime);
+                c.arg("serve")
+                    .arg("-Scli")
+                    .arg("--addr")
+                    .arg(addr.to_string())
+                    .args(extra)
+                    .arg(component);
+                c
+            }
+            Kind::Native => {
+                let mut c = Command::new(&tools.bench);
+                c.arg("native-hello").arg("--listen").arg(addr.to_string());
+                c
+            }
+        };
+        // Each server's log goes to a file in the scratch folder, for when
+        // a number looks wrong.
+        let log = std::fs::File::create(tools.scratch.join(format!("server-{}.log", addr.port())))?;
+        let child = cmd
+            .env("WASM_HOST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {kind:?}"))?;
+        let server = Server {
+            child,
+            addr,
+            control,
+        };
+        server.wait_accepting(Duration::from_secs(120))?;
+        Ok(server)
+    }
+
+    fn wait_accepting(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("server on {} did not start within {timeout:?}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc status")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Finds `wasmtime` on PATH or in the benchmark's install folder.
+pub fn find_wasmtime() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("wasmtime"))
+            .find(|p| p.is_file())
+    });
+    from_path.or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let p = Path::new(&home).join(".cache/wasmtime-cli/bin/wasmtime");
+        p.is_file().then_some(p)
+    })
+}
