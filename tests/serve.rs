@@ -267,3 +267,28 @@ fn help_explains_every_serve_flag_with_defaults() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_fresh_instance_unless_reuse_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("faulty.wasm");
+    write_version(&app, "faulty", "v1");
+
+    let fresh = Host::start(&app, &[]);
+    for _ in 0..3 {
+        assert_eq!(get(&fresh.addr, "/count").await.unwrap().body, "count 1\n");
+    }
+    drop(fresh);
+
+    let reuse = Host::start(&app, &["--reuse-instances", "3"]);
+    let mut counts = Vec::new();
+    for _ in 0..4 {
+        counts.push(get(&reuse.addr, "/count").await.unwrap().body);
+    }
+    // One instance serves three requests in sequence, then a new one starts.
+    assert_eq!(counts, ["count 1\n", "count 2\n", "count 3\n", "count 1\n"]);
+    // A trap discards the instance it happened in.
+    assert_eq!(get(&reuse.addr, "/count").await.unwrap().body, "count 2\n");
+    assert_eq!(get(&reuse.addr, "/trap").await.unwrap().status, 500);
+    assert_eq!(get(&reuse.addr, "/count").await.unwrap().body, "count 1\n");
+}

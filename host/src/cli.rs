@@ -86,6 +86,13 @@ struct ServeArgs {
     /// Do not cache compiled code on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Let one instance serve up to N requests in sequence instead of a
+    /// fresh instance per request. Only for apps whose handler is safe to
+    /// call repeatedly (state in globals carries over between requests).
+    /// An instance that traps or times out is always discarded, and
+    /// instances never cross versions.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    reuse_instances: u32,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +168,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 max_memory: args.max_memory,
                 cache_dir: args.cache_dir,
                 no_cache: args.no_cache,
+                reuse_instances: args.reuse_instances,
             })?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)

@@ -60,6 +60,8 @@ pub struct ServeInput {
     pub cache_dir: Option<PathBuf>,
     /// Disable the on-disk compilation cache.
     pub no_cache: bool,
+    /// Requests one instance may serve in sequence (1: fresh per request).
+    pub reuse_instances: u32,
 }
 
 impl ServeConfig {
@@ -88,6 +90,7 @@ impl ServeConfig {
                     ready_timeout: input.ready_timeout,
                     request_timeout: input.request_timeout,
                     outgoing: OutgoingPolicy::new(&input.allow_http),
+                    reuse: input.reuse_instances.max(1),
                 },
                 name,
                 path,

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::version::Version;
+use crate::version::{Version, Warm};
 use crate::work::WorkGuard;
 
 /// The response type the server sends.
@@ -40,7 +40,10 @@ pub async fn handle(
     guard: WorkGuard,
     req: hyper::Request<Incoming>,
 ) -> Response {
-    let mut store = version.new_store();
+    let (mut store, warm_proxy, uses) = match version.take_warm() {
+        Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
+        None => (version.new_store(), None, 0),
+    };
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let resources = {
         let mut http = store.data_mut().http();
@@ -64,20 +67,35 @@ pub async fn handle(
         let version = run_version;
         let _guard = guard;
         let run = async {
-            let proxy = version.pre().instantiate_async(&mut store).await?;
+            let proxy = match warm_proxy {
+                Some(proxy) => proxy,
+                None => version.pre().instantiate_async(&mut store).await?,
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>(proxy)
         };
-        let end = tokio::select! {
+        let outcome = tokio::select! {
             biased;
-            _ = version.cancelled().cancelled() => GuestEnd::Forced,
-            result = tokio::time::timeout(version.request_timeout(), run) => match result {
-                Ok(Ok(())) => GuestEnd::Returned,
-                Ok(Err(e)) => GuestEnd::Failed(e),
-                Err(_) => GuestEnd::TimedOut,
-            },
+            _ = version.cancelled().cancelled() => None,
+            result = tokio::time::timeout(version.request_timeout(), run) => Some(result),
+        };
+        let end = match outcome {
+            None => GuestEnd::Forced,
+            Some(Ok(Ok(proxy))) => {
+                // Only an instance that returned cleanly may serve again; one
+                // that trapped, timed out or was cut off is dropped.
+                version.give_back(Warm {
+                    store,
+                    proxy,
+                    uses: uses + 1,
+                });
+                GuestEnd::Returned
+            }
+            Some(Ok(Err(e))) => GuestEnd::Failed(e),
+            Some(Err(_)) => GuestEnd::TimedOut,
         };
         log_end(&version, &end);
         end

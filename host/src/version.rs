@@ -7,8 +7,8 @@
 //! reaches back into its app: the app decides when it goes live or drains.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -16,12 +16,16 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 use wasmtime::component::Component;
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::engine::{HostState, Runtime};
 use crate::guest_log::GuestLog;
 use crate::outgoing::OutgoingPolicy;
 use crate::work::WorkCounter;
+
+/// Idle instances one version keeps for reuse, at most. Each holds a slot
+/// of the pooling allocator, which every version alive shares.
+const MAX_IDLE_INSTANCES: usize = 16;
 
 /// The name prefix of the export every app must have.
 const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
@@ -123,6 +127,21 @@ pub struct VersionSettings {
     pub request_timeout: Duration,
     /// Where guests may send outgoing HTTP requests.
     pub outgoing: OutgoingPolicy,
+    /// Requests one instance may serve in sequence; 1 means a fresh
+    /// instance for every request.
+    pub reuse: u32,
+}
+
+/// An instance that served a request cleanly and may serve the next one
+/// (instance reuse mode). Never shared across versions: it lives in the
+/// pool of the version that made it.
+pub(crate) struct Warm {
+    /// The store the instance lives in.
+    pub store: Store<HostState>,
+    /// The instance.
+    pub proxy: Proxy,
+    /// Requests it has served.
+    pub uses: u32,
 }
 
 /// One loaded, checked version of an app.
@@ -139,6 +158,7 @@ pub struct Version {
     work: Arc<WorkCounter>,
     cancel: CancellationToken,
     served: AtomicU64,
+    warm: Mutex<Vec<Warm>>,
 }
 
 impl Version {
@@ -182,6 +202,7 @@ impl Version {
             work: Arc::new(WorkCounter::default()),
             cancel: CancellationToken::new(),
             served: AtomicU64::new(0),
+            warm: Mutex::new(Vec::new()),
         };
         version.check_ready().await?;
         Ok(version)
@@ -211,6 +232,37 @@ impl Version {
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
+    }
+
+    /// An idle instance to serve a request with, in instance reuse mode.
+    pub(crate) fn take_warm(&self) -> Option<Warm> {
+        if self.settings.reuse <= 1 {
+            return None;
+        }
+        let mut warm = self.warm.lock().ok()?.pop()?;
+        // A reused store's deadline must start afresh, like a new one's.
+        warm.store.set_epoch_deadline(1);
+        Some(warm)
+    }
+
+    /// Keeps an instance that served cleanly for the next request, unless
+    /// it has served its share, the pool is full, or the version stopped
+    /// taking requests.
+    pub(crate) fn give_back(&self, warm: Warm) {
+        if warm.uses >= self.settings.reuse || self.state() != State::Live {
+            return;
+        }
+        if let Ok(mut pool) = self.warm.lock()
+            && pool.len() < MAX_IDLE_INSTANCES
+        {
+            pool.push(warm);
+        }
+    }
+
+    /// Drops every idle instance, returning their slots to the pool.
+    fn drop_warm(&self) {
+        let idle = self.warm.lock().map(|mut pool| std::mem::take(&mut *pool));
+        drop(idle);
     }
 
     /// The pre-instantiated component.
@@ -267,9 +319,12 @@ impl Version {
         State::from_u8(self.state.load(Ordering::SeqCst))
     }
 
-    /// Moves the version to `state`.
+    /// Moves the version to `state`. Leaving `Live` drops idle instances.
     pub fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::SeqCst);
+        if state != State::Live {
+            self.drop_warm();
+        }
     }
 
     /// Ends every guest still running on this version.

@@ -4,12 +4,21 @@
 //! - `/loop`: spins forever without yielding;
 //! - `/oom`: allocates until memory runs out;
 //! - `/log`: writes a line to stdout and one to stderr, then answers;
+//! - `/count`: answers how many requests this instance has served, which
+//!   shows whether the host reuses instances;
 //! - anything else: answers with the version.
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use wstd::http::{Body, Error, Request, Response};
+
+/// Requests this instance has handled.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    let handled = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
     match request.uri().path() {
+        "/count" => return Ok(Response::new(format!("count {handled}\n").into())),
         "/trap" => panic!("faulty app asked to trap"),
         "/loop" => {
             let mut n: u64 = 0;
