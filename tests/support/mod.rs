@@ -271,7 +271,11 @@ fn request(addr: &str, path: &str) -> hyper::Request<Empty<Bytes>> {
         .expect("request")
 }
 
-async fn collect(response: hyper::Response<hyper::body::Incoming>) -> Result<Answer, String> {
+/// Waits for a sent request's response and reads it whole.
+async fn answer(
+    sent: impl Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) -> Result<Answer, String> {
+    let response = sent.await.map_err(|e| format!("send: {e}"))?;
     let status = response.status().as_u16();
     let body = response
         .into_body()
@@ -319,12 +323,7 @@ impl H1 {
             .ready()
             .await
             .map_err(|e| format!("not ready: {e}"))?;
-        let response = self
-            .sender
-            .send_request(request(&self.addr, path))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        collect(response).await
+        answer(self.sender.send_request(request(&self.addr, path))).await
     }
 }
 
@@ -358,12 +357,7 @@ impl H2 {
             .ready()
             .await
             .map_err(|e| format!("not ready: {e}"))?;
-        let response = self
-            .sender
-            .send_request(request(&self.addr, path))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        collect(response).await
+        answer(self.sender.send_request(request(&self.addr, path))).await
     }
 }
 
