@@ -16,6 +16,7 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outgoing::OutgoingPolicy;
@@ -48,9 +49,13 @@ impl Default for EngineSettings {
     }
 }
 
-/// Compiled components kept in memory, so reloading a recent version (a
-/// rollback, or flipping between two builds) costs no compile at all.
+/// Linked components kept in memory, so reloading a recent version (a
+/// rollback, or flipping between two builds) costs neither a compile nor a
+/// link.
 const MEMORY_CACHE_ENTRIES: usize = 4;
+
+/// A linked component and the digest of the bytes it came from.
+type Linked = (Digest, ProxyPre<HostState>);
 
 /// The engine, its linker, and the ticker that drives epoch interruption.
 #[derive(Clone)]
@@ -58,7 +63,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     /// Most recently used first.
-    compiled: Arc<Mutex<Vec<(Digest, Component)>>>,
+    linked: Arc<Mutex<Vec<Linked>>>,
 }
 
 impl Runtime {
@@ -117,32 +122,33 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
-            compiled: Arc::default(),
+            linked: Arc::default(),
         })
     }
 
-    /// Compiles `bytes` (whose digest is `digest`), or returns the component
-    /// compiled for the same digest recently. Blocks: call it off the
-    /// request-serving threads. The flag says whether it came from memory.
-    pub fn compile(&self, digest: Digest, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
-        if let Some(component) = self.cached(digest) {
-            return Ok((component, true));
-        }
-        let component = Component::new(&self.engine, bytes)?;
-        if let Ok(mut compiled) = self.compiled.lock() {
-            compiled.insert(0, (digest, component.clone()));
-            compiled.truncate(MEMORY_CACHE_ENTRIES);
-        }
-        Ok((component, false))
+    /// Compiles `bytes`. Blocks: call it off the request-serving threads.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
     }
 
-    fn cached(&self, digest: Digest) -> Option<Component> {
-        let mut compiled = self.compiled.lock().ok()?;
-        let at = compiled.iter().position(|(d, _)| *d == digest)?;
-        let entry = compiled.remove(at);
-        let component = entry.1.clone();
-        compiled.insert(0, entry);
-        Some(component)
+    /// The linked component for `digest`, if one was remembered recently.
+    pub fn recall(&self, digest: Digest) -> Option<ProxyPre<HostState>> {
+        let mut linked = self.linked.lock().ok()?;
+        let at = linked.iter().position(|(d, _)| *d == digest)?;
+        let entry = linked.remove(at);
+        let pre = entry.1.clone();
+        linked.insert(0, entry);
+        Some(pre)
+    }
+
+    /// Remembers a linked component, forgetting the least recently used one
+    /// beyond [`MEMORY_CACHE_ENTRIES`].
+    pub fn remember(&self, digest: Digest, pre: &ProxyPre<HostState>) {
+        if let Ok(mut linked) = self.linked.lock() {
+            linked.retain(|(d, _)| *d != digest);
+            linked.insert(0, (digest, pre.clone()));
+            linked.truncate(MEMORY_CACHE_ENTRIES);
+        }
     }
 
     /// The process-wide engine.

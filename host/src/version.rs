@@ -174,20 +174,17 @@ impl Version {
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
         let started = Instant::now();
-        let compiler = runtime.clone();
-        let (component, cached) =
-            tokio::task::spawn_blocking(move || compiler.compile(digest, &bytes))
-                .await
-                .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
-                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let recalled = runtime.recall(digest);
+        let cached = recalled.is_some();
+        let pre = match recalled {
+            Some(pre) => pre,
+            None => {
+                let pre = link(runtime, bytes).await?;
+                runtime.remember(digest, &pre);
+                pre
+            }
+        };
         let compile_time = started.elapsed();
-
-        check_exports(runtime, &component)?;
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
         let version = Self {
             generation,
@@ -285,7 +282,7 @@ impl Version {
         self.compile_time
     }
 
-    /// Whether the compiled code came from the in-memory cache.
+    /// Whether the linked component came from the in-memory cache.
     pub fn was_cached(&self) -> bool {
         self.cached
     }
@@ -343,6 +340,21 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::CoreModule);
     }
     Ok(())
+}
+
+/// Compiles (on a blocking thread), checks the exports, and links.
+async fn link(runtime: &Runtime, bytes: Arc<[u8]>) -> Result<ProxyPre<HostState>, LoadError> {
+    let compiler = runtime.clone();
+    let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
+        .await
+        .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    check_exports(runtime, &component)?;
+    let instance_pre = runtime
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    ProxyPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))
 }
 
 fn check_exports(runtime: &Runtime, component: &Component) -> Result<(), LoadError> {
