@@ -94,11 +94,17 @@ pub struct App {
 }
 
 impl App {
-    /// Loads generation 1 from `settings.path` and starts the reload worker.
+    /// Loads generation 1 from `settings.path` and starts the reload worker
+    /// on `control_plane`, a runtime apart from the one serving requests, so
+    /// a reload under full load does not queue behind request tasks.
     /// Fails, with the reason, if the first version cannot be loaded.
-    pub async fn start(runtime: Runtime, settings: AppSettings) -> Result<Arc<Self>, ReloadError> {
+    pub async fn start(
+        runtime: Runtime,
+        settings: AppSettings,
+        control_plane: &tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
-        let (bytes, digest) = read_component(&path).await?;
+        let (bytes, digest) = read_component(&path)?;
         let first = load_version(&runtime, &settings, &path, bytes, digest, 1).await?;
         first.set_state(State::Live);
         tracing::info!(app = %settings.name, generation = 1, digest = %digest.short(), "version live");
@@ -114,7 +120,7 @@ impl App {
             runtime,
             settings,
         });
-        tokio::spawn(reload_worker(Arc::downgrade(&app), rx));
+        control_plane.spawn(reload_worker(Arc::downgrade(&app), rx));
         Ok(app)
     }
 
@@ -190,7 +196,7 @@ impl App {
             return Err(ReloadError::ShuttingDown);
         }
         let name = &self.settings.name;
-        let (bytes, digest) = read_component(&path).await?;
+        let (bytes, digest) = read_component(&path)?;
         let current = self.live();
         if digest == current.digest() {
             tracing::info!(app = %name, generation = current.generation(), digest = %digest.short(), "reload: unchanged");
@@ -259,8 +265,11 @@ impl App {
 }
 
 /// Reads a component file and digests it.
-async fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadError> {
-    let bytes = tokio::fs::read(path).await.map_err(|e| ReloadError::Read {
+///
+/// A plain blocking read: it runs at start-up or on the control-plane thread,
+/// never on a thread that serves requests.
+fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadError> {
+    let bytes = std::fs::read(path).map_err(|e| ReloadError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;

@@ -27,8 +27,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     })?;
     let control = ControlSocket::bind(&config.control)?;
     let runtime = Runtime::new(&config.engine)?;
+    // The control plane (reloads, drains, the control socket) gets a thread
+    // of its own: under full load it must not wait behind request tasks.
+    let control_plane = ControlPlane::start()?;
 
-    let app = App::start(runtime, config.app.clone())
+    let app = App::start(runtime, config.app.clone(), control_plane.handle())
         .await
         .context("the app's first version could not be loaded")?;
     let shutdown = CancellationToken::new();
@@ -36,7 +39,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if config.watch {
         watch::spawn(app.clone())?;
     }
-    let control_task = tokio::spawn(control.serve(app.clone(), shutdown.clone()));
+    let control_task = control_plane.spawn(control.serve(app.clone(), shutdown.clone()));
 
     let addr = listener
         .local_addr()
@@ -60,4 +63,48 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let _ = control_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The runtime of the control plane, on its own thread.
+struct ControlPlane {
+    handle: tokio::runtime::Handle,
+    /// Taken on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ControlPlane {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wasm-host-control")
+            .enable_all()
+            .build()
+            .context("cannot start the control-plane runtime")?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle().spawn(future)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one would panic; let it wind
+        // down in the background instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
