@@ -202,7 +202,7 @@ fn throughput(
 }
 
 /// Sends one reload to `server` and waits for its outcome.
-fn reload(server: &Server, path: &Path) -> Result<()> {
+fn reload(server: &Server, path: &Path) -> Result<wasm_host::app::ReloadOutcome> {
     let control = server
         .control
         .as_deref()
@@ -214,7 +214,7 @@ fn reload(server: &Server, path: &Path) -> Result<()> {
         path: Some(path.to_path_buf()),
     };
     match rt.block_on(wasm_host::control::send(control, &request))? {
-        wasm_host::control::ControlReply::Reloaded(_) => Ok(()),
+        wasm_host::control::ControlReply::Reloaded(outcome) => Ok(outcome),
         other => bail!("reload failed: {other:?}"),
     }
 }
@@ -252,8 +252,8 @@ fn storm(
         let mut sent = Vec::new();
         for (body, path) in &versions {
             let at = Instant::now();
-            reload(&server, path)?;
-            sent.push((body.clone(), at, at.elapsed()));
+            let outcome = reload(&server, path)?;
+            sent.push((body.clone(), at, Duration::from_micros(outcome.reload_us)));
             std::thread::sleep(cli.reload_every.saturating_sub(at.elapsed()));
         }
         let result = loader

@@ -189,7 +189,7 @@ impl Report {
             )?;
             writeln!(
                 md,
-                "| `reload` command round trip p50 / p99 / max (ms), cached component | {} |",
+                "| time the host spent on each reload, from taking it up to the swap, p50 / p99 / max (ms), cached component | {} |",
                 quantiles(&s.command_ms)
             )?;
             writeln!(

@@ -41,8 +41,12 @@ pub struct ReloadOutcome {
     pub generation: u64,
     /// Its content digest (SHA-256, hex).
     pub digest: String,
-    /// Compilation time of the new version; 0 when unchanged.
+    /// Compilation time of the new version; 0 when unchanged or cached.
     pub compile_ms: u64,
+    /// Whether the compiled and linked component came from memory.
+    pub cached: bool,
+    /// Time the host spent on the reload, from taking it up to the swap, µs.
+    pub reload_us: u64,
     /// Whether the file had the live version's digest, so nothing changed.
     pub unchanged: bool,
     /// The file the live version came from.
@@ -310,11 +314,13 @@ fn outcome(version: &Version, path: &Path, unchanged: bool) -> ReloadOutcome {
     ReloadOutcome {
         generation: version.generation(),
         digest: version.digest().to_string(),
-        compile_ms: if unchanged {
+        compile_ms: if unchanged || version.was_cached() {
             0
         } else {
             version.compile_time().as_millis() as u64
         },
+        cached: version.was_cached(),
+        reload_us: 0,
         unchanged,
         path: path.to_path_buf(),
     }
@@ -346,7 +352,10 @@ async fn reload_worker(app: Weak<App>, mut asks: mpsc::UnboundedReceiver<ReloadA
         if batch.len() > 1 {
             tracing::info!(app = %app.name(), asks = batch.len(), "coalesced reload asks into one run");
         }
-        let result = app.run_reload(path).await;
+        let mut result = app.run_reload(path).await;
+        if let Ok(outcome) = &mut result {
+            outcome.reload_us = started.elapsed().as_micros() as u64;
+        }
         match &result {
             Ok(_) => {
                 tracing::debug!(app = %app.name(), ms = started.elapsed().as_millis() as u64, "reload finished")

@@ -210,12 +210,17 @@ fn print_reply(reply: ControlReply) -> ExitCode {
             ExitCode::SUCCESS
         }
         ControlReply::Reloaded(o) => {
+            let compiled = if o.cached {
+                "compiled code reused".to_string()
+            } else {
+                format!("compiled in {} ms", o.compile_ms)
+            };
             println!(
-                "reloaded: generation {} is live from {} (sha256:{}, compiled in {} ms)",
+                "reloaded: generation {} is live from {} (sha256:{}, {compiled}, swapped in {:.1} ms)",
                 o.generation,
                 o.path.display(),
                 &o.digest[..12.min(o.digest.len())],
-                o.compile_ms
+                o.reload_us as f64 / 1000.0
             );
             ExitCode::SUCCESS
         }
