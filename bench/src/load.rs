@@ -56,14 +56,27 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// Per-[`BUCKET`] counts.
     pub timeline: Vec<Bucket>,
-    /// First moment each distinct body was seen.
-    pub first_seen: HashMap<String, Instant>,
+    /// Every successful answer: when it came and which body it had (an
+    /// index into `bodies`).
+    pub answers: Vec<(Instant, u32)>,
+    /// The distinct bodies seen.
+    pub bodies: Vec<String>,
 }
 
 impl LoadResult {
     /// Successful requests per second.
     pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// When the first answer with `body` came at or after `since`.
+    pub fn first_answer(&self, body: &str, since: Instant) -> Option<Instant> {
+        let id = self.bodies.iter().position(|b| b == body)? as u32;
+        let start = self.answers.partition_point(|(at, _)| *at < since);
+        self.answers[start..]
+            .iter()
+            .find(|(_, b)| *b == id)
+            .map(|(at, _)| *at)
     }
 
     /// A latency percentile in milliseconds.
@@ -87,7 +100,8 @@ struct Shared {
     latency: Histogram<u64>,
     buckets: Vec<Histogram<u64>>,
     errors: Vec<u64>,
-    first_seen: HashMap<String, Instant>,
+    answers: Vec<(Instant, u32)>,
+    body_ids: HashMap<String, u32>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -114,7 +128,8 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         latency: histogram(),
         buckets: (0..buckets).map(|_| histogram()).collect(),
         errors: vec![0; buckets],
-        first_seen: HashMap::new(),
+        answers: Vec::new(),
+        body_ids: HashMap::new(),
     }));
     let started = Instant::now();
     let deadline = started + spec.duration;
@@ -138,7 +153,9 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<LoadResult> {
                             let us = (done.duration_since(asked).as_micros() as u64).max(1);
                             let _ = s.latency.record(us);
                             let _ = s.buckets[bucket].record(us);
-                            s.first_seen.entry(body).or_insert(done);
+                            let next = s.body_ids.len() as u32;
+                            let id = *s.body_ids.entry(body).or_insert(next);
+                            s.answers.push((done, id));
                             false
                         }
                         Err(()) => {
@@ -182,7 +199,14 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         errors: s.errors.iter().sum(),
         latency: s.latency,
         timeline,
-        first_seen: s.first_seen,
+        answers: s.answers,
+        bodies: {
+            let mut bodies = vec![String::new(); s.body_ids.len()];
+            for (body, id) in s.body_ids {
+                bodies[id as usize] = body;
+            }
+            bodies
+        },
     })
 }
 
