@@ -252,14 +252,15 @@ fn quantiles(values: &[f64]) -> String {
 fn chart(r: &LoadResult, marks: &[Duration]) -> String {
     let (w, h, pad) = (900.0, 320.0, 50.0);
     let per_sec = 1000.0 / BUCKET.as_millis() as f64;
-    let n = r.timeline.len().saturating_sub(1).max(1);
-    let rps: Vec<f64> = r
-        .timeline
+    // Only whole buckets: the last, partial one would read as a collapse.
+    let whole = (r.elapsed.as_millis() / BUCKET.as_millis()) as usize;
+    let timeline = &r.timeline[..whole.min(r.timeline.len())];
+    let n = timeline.len().saturating_sub(1).max(1);
+    let rps: Vec<f64> = timeline
         .iter()
         .map(|b| b.latency.len() as f64 * per_sec)
         .collect();
-    let p99: Vec<f64> = r
-        .timeline
+    let p99: Vec<f64> = timeline
         .iter()
         .map(|b| b.latency.value_at_quantile(0.99) as f64 / 1000.0)
         .collect();
@@ -277,7 +278,7 @@ fn chart(r: &LoadResult, marks: &[Duration]) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let total = r.timeline.len() as f64 * BUCKET.as_secs_f64();
+    let total = timeline.len() as f64 * BUCKET.as_secs_f64();
     for m in marks {
         let mx = pad + (w - 2.0 * pad) * (m.as_secs_f64() / total).min(1.0);
         let _ = writeln!(
@@ -297,7 +298,7 @@ fn chart(r: &LoadResult, marks: &[Duration]) -> String {
         "<polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"1.5\" points=\"{}\"/>",
         line(&p99, max_p99)
     );
-    for (i, b) in r.timeline.iter().enumerate().filter(|(_, b)| b.errors > 0) {
+    for (i, b) in timeline.iter().enumerate().filter(|(_, b)| b.errors > 0) {
         let _ = writeln!(
             svg,
             "<circle cx=\"{:.1}\" cy=\"{}\" r=\"3\" fill=\"red\"><title>{} errors</title></circle>",
