@@ -124,6 +124,8 @@ fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
             "--manifest-path",
         ])
         .arg(repo.join("examples/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(repo.join("examples/target"))
         .status()?;
     if !status.success() {
         bail!("building the example apps failed");
