@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Reuse each connection (keep-alive) or open one per request.
     pub keep_alive: bool,
+    /// Ends the run early when set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// One timeline bucket.
@@ -139,7 +142,12 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         let spec = spec.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
-            while Instant::now() < deadline {
+            let stopped = || {
+                spec.stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Relaxed))
+            };
+            while Instant::now() < deadline && !stopped() {
                 let asked = Instant::now();
                 let outcome = one_request(&spec, &mut conn).await;
                 let done = Instant::now();

@@ -16,6 +16,8 @@ mod servers;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -86,6 +88,8 @@ fn main() -> Result<()> {
 
     throughput(&cli, &tools, &component, &mut report)?;
     storm(&cli, &tools, &component, &hello, &mut report)?;
+    let big = repo.join("examples/target/wasm32-wasip2/release/big.wasm");
+    cold_big(&cli, &tools, &component, &big, &mut report)?;
     memory(&cli, &tools, &component, &hello, &mut report)?;
 
     std::fs::create_dir_all(&cli.out)?;
@@ -124,6 +128,7 @@ fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
             "--manifest-path",
         ])
         .arg(repo.join("examples/Cargo.toml"))
+        .args(["--workspace"])
         .arg("--target-dir")
         .arg(repo.join("examples/target"))
         .status()?;
@@ -183,6 +188,7 @@ fn throughput(
                 connections: cli.connections,
                 duration,
                 keep_alive,
+                stop: None,
             };
             load::run(&spec(true, Duration::from_secs(1)))?;
             for keep_alive in [true, false] {
@@ -248,6 +254,7 @@ fn storm(
         connections: cli.connections,
         duration: cli.duration * 2,
         keep_alive: true,
+        stop: None,
     };
     let reloads = std::thread::scope(|scope| -> Result<_> {
         let loader = scope.spawn(|| load::run(&spec));
@@ -312,6 +319,96 @@ fn sent_offsets(result: &LoadResult, sent: &[(String, Instant, Duration)]) -> Ve
         .collect()
 }
 
+/// A cold reload of a large component under load: how long until it
+/// serves, and what its compilation does to the other traffic's p99.
+fn cold_big(
+    cli: &Cli,
+    tools: &Tools,
+    component: &Path,
+    big: &Path,
+    report: &mut report::Report,
+) -> Result<()> {
+    let size = std::fs::metadata(big)
+        .context("big.wasm was not built")?
+        .len();
+    let server = Server::start(&Kind::WasmHost(vec![]), tools, component)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spec = LoadSpec {
+        addr: server.addr,
+        connections: cli.connections,
+        // Long enough for any compile; the run stops once the new version
+        // has served for a while.
+        duration: cli.duration * 2 + Duration::from_secs(120),
+        keep_alive: true,
+        stop: Some(stop.clone()),
+    };
+    let (result, sent, outcome, done) = std::thread::scope(|scope| -> Result<_> {
+        let loader = scope.spawn(|| load::run(&spec));
+        std::thread::sleep(cli.duration);
+        let sent = Instant::now();
+        let outcome = reload(&server, big);
+        let done = Instant::now();
+        std::thread::sleep(cli.duration);
+        stop.store(true, Ordering::Relaxed);
+        let outcome = outcome?;
+        let result = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        Ok((result, sent, outcome, done))
+    })?;
+    let at_rest = result.window(Duration::ZERO, cli.duration);
+    let compiling = result.window(
+        sent.saturating_duration_since(result.started),
+        done.saturating_duration_since(result.started) + load::BUCKET,
+    );
+    let serving = result
+        .first_answer(&format!("big {}", "v1"), sent)
+        .map(|at| at.saturating_duration_since(sent));
+    let reference = tools.wasmtime.as_ref().map(|w| {
+        (
+            time_compile(w, big, "cranelift"),
+            time_compile(w, big, "winch"),
+        )
+    });
+    println!(
+        "cold reload of {:.1} MB: compiled in {} ms, serving after {:?}; p99 {:.2} ms at rest, {:.2} ms while compiling; {} errors",
+        size as f64 / 1e6,
+        outcome.compile_ms,
+        serving,
+        at_rest.value_at_quantile(0.99) as f64 / 1000.0,
+        compiling.value_at_quantile(0.99) as f64 / 1000.0,
+        result.errors
+    );
+    report.cold(report::Cold {
+        size,
+        compile_ms: outcome.compile_ms,
+        serving,
+        rest_p99_ms: at_rest.value_at_quantile(0.99) as f64 / 1000.0,
+        compiling_p99_ms: compiling.value_at_quantile(0.99) as f64 / 1000.0,
+        errors: result.errors,
+        reference,
+    });
+    Ok(())
+}
+
+/// Wall time of `wasmtime compile` with `compiler`, for reference.
+fn time_compile(wasmtime: &Path, component: &Path, compiler: &str) -> Option<Duration> {
+    let out = std::env::temp_dir().join(format!("wasm-host-bench-{compiler}.cwasm"));
+    let started = Instant::now();
+    let status = Command::new(wasmtime)
+        .arg("compile")
+        .arg("-C")
+        .arg(format!("compiler={compiler}"))
+        .arg("-o")
+        .arg(&out)
+        .arg(component)
+        .status()
+        .ok()?;
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&out);
+    status.success().then_some(took)
+}
+
 /// Resident memory after one reload and after `--reloads` reloads.
 fn memory(
     cli: &Cli,
@@ -329,6 +426,7 @@ fn memory(
             connections: 4,
             duration: Duration::from_millis(500),
             keep_alive: true,
+            stop: None,
         })
     };
     reload(&server, &other)?;

@@ -34,6 +34,24 @@ struct Storm {
     chart: String,
 }
 
+/// A cold reload of a large component under load.
+pub struct Cold {
+    /// Component size in bytes.
+    pub size: u64,
+    /// Host-side compile time.
+    pub compile_ms: u64,
+    /// From the reload command to the first answer of the new version.
+    pub serving: Option<Duration>,
+    /// p99 of the other traffic before the reload.
+    pub rest_p99_ms: f64,
+    /// p99 of the other traffic while it compiled.
+    pub compiling_p99_ms: f64,
+    /// Failed requests during the whole run.
+    pub errors: u64,
+    /// `wasmtime compile` wall time with Cranelift and with Winch.
+    pub reference: Option<(Option<Duration>, Option<Duration>)>,
+}
+
 /// Everything measured, in the order it was measured.
 pub struct Report {
     setup: String,
@@ -42,6 +60,7 @@ pub struct Report {
     order: Vec<String>,
     storm: Option<Storm>,
     memory: Option<(u64, u64, usize, Duration)>,
+    cold: Option<Cold>,
 }
 
 impl Report {
@@ -59,6 +78,7 @@ impl Report {
             order: Vec::new(),
             storm: None,
             memory: None,
+            cold: None,
         }
     }
 
@@ -113,6 +133,11 @@ impl Report {
             disk_ms: disk.iter().map(ms).collect(),
             chart: chart(r, marks),
         });
+    }
+
+    /// Records the cold reload of a large component.
+    pub fn cold(&mut self, cold: Cold) {
+        self.cold = Some(cold);
     }
 
     /// Records the memory readings.
@@ -212,6 +237,38 @@ impl Report {
                 "\n![throughput and p99 during the reload storm](storm.svg)\n"
             )?;
             std::fs::write(dir.join("storm.svg"), &s.chart)?;
+        }
+        if let Some(c) = &self.cold {
+            let ms = |d: &Option<Duration>| {
+                d.map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+                    .unwrap_or_else(|| "n/a".into())
+            };
+            writeln!(md, "## Cold reload of a large component, under load\n")?;
+            writeln!(md, "| | value |\n|---|---:|")?;
+            writeln!(md, "| component size | {:.1} MB |", c.size as f64 / 1e6)?;
+            writeln!(md, "| compile time in the host (ms) | {} |", c.compile_ms)?;
+            writeln!(
+                md,
+                "| reload command → first answer from the new version (ms) | {} |",
+                ms(&c.serving)
+            )?;
+            writeln!(
+                md,
+                "| p99 of other traffic at rest / while compiling (ms) | {:.2} / {:.2} ({:.2}×) |",
+                c.rest_p99_ms,
+                c.compiling_p99_ms,
+                c.compiling_p99_ms / c.rest_p99_ms.max(0.001)
+            )?;
+            writeln!(md, "| errors | {} |", c.errors)?;
+            if let Some((cranelift, winch)) = &c.reference {
+                writeln!(
+                    md,
+                    "| `wasmtime compile` of the same file, no load: Cranelift / Winch (ms) | {} / {} |",
+                    ms(cranelift),
+                    ms(winch)
+                )?;
+            }
+            writeln!(md)?;
         }
         if let Some((one, many, n, took)) = self.memory {
             writeln!(md, "## Memory\n")?;

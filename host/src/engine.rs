@@ -119,6 +119,7 @@ impl Runtime {
             .context("failed to link wasi:http")?;
 
         start_epoch_ticker(&engine);
+        init_compile_pool();
         Ok(Self {
             engine,
             linker: Arc::new(linker),
@@ -160,6 +161,54 @@ impl Runtime {
     pub fn linker(&self) -> &Linker<HostState> {
         &self.linker
     }
+}
+
+/// Nice value of the threads that compile components. Compiling a large
+/// component takes seconds of every core; at this priority the threads that
+/// serve requests still get the CPU first, so traffic stays fast while a new
+/// version compiles in the background.
+const COMPILE_NICE: i32 = 10;
+
+/// Lowers the scheduling priority of the calling thread to [`COMPILE_NICE`].
+fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions; on
+    // Linux a thread id names just the calling thread.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, COMPILE_NICE) != 0
+    };
+    if failed {
+        tracing::debug!("could not lower the priority of a compile thread");
+    }
+}
+
+/// Makes wasmtime's parallel compilation (rayon's global pool) run at low
+/// priority. Only the first call in a process takes effect.
+fn init_compile_pool() {
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("wasm-host-compile-{i}"))
+        .start_handler(|_| lower_thread_priority())
+        .build_global();
+    if built.is_err() {
+        tracing::debug!("compile thread pool was already set up");
+    }
+}
+
+/// Runs `work` on a new low-priority thread and waits for its result
+/// without blocking the async executor.
+pub async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = thread::Builder::new()
+        .name("wasm-host-compile".into())
+        .spawn(move || {
+            lower_thread_priority();
+            let _ = tx.send(work());
+        });
+    // If no thread can be started, the dropped sender reports the failure.
+    drop(spawned);
+    rx.await
 }
 
 /// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.

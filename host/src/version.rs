@@ -163,8 +163,8 @@ pub struct Version {
 
 impl Version {
     /// Compiles, links and readiness-checks `bytes` as generation
-    /// `generation`. Compilation runs on a blocking thread, off the threads
-    /// that serve requests.
+    /// `generation`. Compilation runs on low-priority threads, off the
+    /// threads that serve requests.
     pub async fn load(
         runtime: &Runtime,
         bytes: Arc<[u8]>,
@@ -342,12 +342,12 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Compiles (on a blocking thread), checks the exports, and links.
+/// Compiles (on low-priority threads), checks the exports, and links.
 async fn link(runtime: &Runtime, bytes: Arc<[u8]>) -> Result<ProxyPre<HostState>, LoadError> {
     let compiler = runtime.clone();
-    let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
+    let component = crate::engine::in_background(move || compiler.compile(&bytes))
         .await
-        .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+        .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
     check_exports(runtime, &component)?;
     let instance_pre = runtime
