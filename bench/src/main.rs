@@ -152,22 +152,28 @@ fn stamp(component: &[u8], version: &str) -> Result<Vec<u8>> {
     stamp::restamp(component, version).context("hello.wasm carries no version stamp")
 }
 
-/// The servers to compare, by name.
+/// The servers to compare, by name. The instance-reuse modes are listed
+/// apart: they give up a fresh instance per request.
 fn contenders(tools: &Tools) -> Vec<(&'static str, Kind)> {
+    let tuned = || servers::WASMTIME_TUNED.iter().map(|s| s.to_string());
     let mut list = vec![("wasm-host", Kind::WasmHost(vec![]))];
     if tools.wasmtime.is_some() {
         list.push(("wasmtime serve (defaults)", Kind::Wasmtime(vec![])));
-        list.push((
-            "wasmtime serve (tuned)",
-            Kind::Wasmtime(
-                servers::WASMTIME_TUNED
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-            ),
-        ));
+        list.push(("wasmtime serve (tuned)", Kind::Wasmtime(tuned().collect())));
     }
     list.push(("native hyper (ceiling)", Kind::Native));
+    list.push((
+        "wasm-host, instance reuse",
+        Kind::WasmHost(vec!["--reuse-instances".into(), "1000".into()]),
+    ));
+    if tools.wasmtime.is_some() {
+        let mut reuse: Vec<String> = tuned().collect();
+        reuse.extend(["--max-instance-reuse-count".into(), "1000".into()]);
+        list.push((
+            "wasmtime serve (tuned), instance reuse",
+            Kind::Wasmtime(reuse),
+        ));
+    }
     list
 }
 

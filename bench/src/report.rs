@@ -158,6 +158,25 @@ impl Report {
         })
     }
 
+    /// Writes one ratio line of `ours` against each other server `pick` takes.
+    fn ratios(
+        &self,
+        md: &mut String,
+        ours: &str,
+        keep_alive: bool,
+        pick: impl Fn(&&String) -> bool,
+    ) -> Result<()> {
+        let Some(base) = self.mean(ours, keep_alive) else {
+            return Ok(());
+        };
+        for name in self.order.iter().filter(|n| *n != ours).filter(pick) {
+            if let Some(peer) = self.mean(name, keep_alive) {
+                writeln!(md, "- {ours} / {name}: **{:.2}×**", base.rps / peer.rps)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `REPORT.md` and `storm.svg` into `dir`, and prints the summary.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let mut md = String::new();
@@ -184,14 +203,13 @@ impl Report {
                 }
             }
             writeln!(md)?;
-            if let Some(ours) = self.mean("wasm-host", keep_alive) {
-                for name in self.order.iter().filter(|n| *n != "wasm-host") {
-                    if let Some(peer) = self.mean(name, keep_alive) {
-                        writeln!(md, "- wasm-host / {name}: **{:.2}×**", ours.rps / peer.rps)?;
-                    }
-                }
-                writeln!(md)?;
-            }
+            // Fresh instance per request against the others; reuse against
+            // reuse.
+            let fresh = |n: &&String| !n.contains("reuse");
+            self.ratios(&mut md, "wasm-host", keep_alive, fresh)?;
+            let reuse = |n: &&String| n.contains("reuse");
+            self.ratios(&mut md, "wasm-host, instance reuse", keep_alive, reuse)?;
+            writeln!(md)?;
         }
         if let Some(s) = &self.storm {
             writeln!(md, "## Reloads under load\n")?;
