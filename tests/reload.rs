@@ -440,3 +440,53 @@ async fn reloading_a_recent_version_reuses_its_compiled_code() {
         "{loaded:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_go_live_on_quick_code_and_move_to_optimized_code_unnoticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("hello.wasm");
+    let v2 = dir.path().join("hello-2.wasm");
+    write_version(&v1, "hello", "v1");
+    write_version(&v2, "hello", "v2");
+    let host = Host::start(&v1, &["--no-watch", "--tier-up-above", "0"]);
+    let loaded = host.wait_log("version loaded", Duration::from_secs(5));
+    assert!(
+        loaded.contains("code=\"baseline\"") || loaded.contains("code=baseline"),
+        "{loaded}"
+    );
+    host.wait_log("version optimized", Duration::from_secs(30));
+
+    // Keep a connection busy across the reload and both swaps of v2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let load = {
+        let (addr, stop, tally) = (host.addr.clone(), stop.clone(), tally.clone());
+        tokio::spawn(async move {
+            let mut conn = H1::connect(&addr).await.expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                tally.record("keep-alive", conn.get("/").await).await;
+            }
+        })
+    };
+    host.reload_ok(&v2);
+    host.wait_log_where(Duration::from_secs(30), |l| {
+        l.contains("version optimized") && l.contains("generation=2")
+    })
+    .expect("v2 moved to optimized code");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let failures = tally.failures.lock().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(tally.ok.load(Ordering::Relaxed) > 10);
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v2\n");
+
+    // Going back to v1 finds its optimized code in memory: no quick tier.
+    host.reload_ok(&v1);
+    let back = host.log_lines(&["version loaded", "generation=3"]);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(
+        back[0].contains("cached=true") && back[0].contains("optimized"),
+        "{back:?}"
+    );
+}

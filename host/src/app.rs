@@ -95,6 +95,8 @@ pub struct App {
     /// Held by a reload run and by shutdown, so no reload can swap in a
     /// version after shutdown has drained the live one; `true` once closed.
     pipeline: tokio::sync::Mutex<bool>,
+    /// Where reloads and tier-ups run.
+    control_plane: tokio::runtime::Handle,
 }
 
 impl App {
@@ -109,13 +111,14 @@ impl App {
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
         let (bytes, digest) = read_component(&path)?;
-        let first = load_version(&runtime, &settings, &path, bytes, digest, 1).await?;
+        let first = load_version(&runtime, &settings, &path, bytes.clone(), digest, 1).await?;
         first.set_state(State::Live);
         tracing::info!(app = %settings.name, generation = 1, digest = %digest.short(), "version live");
 
         let (asks, rx) = mpsc::unbounded_channel();
+        let first = Arc::new(first);
         let app = Arc::new(Self {
-            live: ArcSwap::from_pointee(first),
+            live: ArcSwap::new(first.clone()),
             draining: Arc::default(),
             drains: TaskTracker::new(),
             asks,
@@ -123,8 +126,10 @@ impl App {
             pipeline: tokio::sync::Mutex::new(false),
             runtime,
             settings,
+            control_plane: control_plane.clone(),
         });
         control_plane.spawn(reload_worker(Arc::downgrade(&app), rx));
+        app.tier_up(&first, bytes);
         Ok(app)
     }
 
@@ -194,7 +199,7 @@ impl App {
     }
 
     /// One reload run: read, digest, load, swap, retire the old version.
-    async fn run_reload(&self, path: PathBuf) -> Result<ReloadOutcome, ReloadError> {
+    async fn run_reload(self: &Arc<Self>, path: PathBuf) -> Result<ReloadOutcome, ReloadError> {
         let closed = self.pipeline.lock().await;
         if *closed {
             return Err(ReloadError::ShuttingDown);
@@ -213,7 +218,7 @@ impl App {
             &self.runtime,
             &self.settings,
             &path,
-            bytes,
+            bytes.clone(),
             digest,
             generation,
         )
@@ -224,7 +229,55 @@ impl App {
         self.path.send_if_modified(|p| replace(p, &path));
         tracing::info!(app = %name, generation, digest = %digest.short(), "version live");
         self.retire(old);
+        self.tier_up(&version, bytes);
         Ok(outcome(&version, &path, false))
+    }
+
+    /// If `version` runs quickly compiled baseline code, compiles optimized
+    /// code in the background and swaps it in under the same generation —
+    /// unless a reload or shutdown came first. Requests never notice: the
+    /// baseline copy drains like any old version.
+    fn tier_up(self: &Arc<Self>, version: &Arc<Version>, bytes: Arc<[u8]>) {
+        if !version.is_baseline() {
+            return;
+        }
+        let app = Arc::downgrade(self);
+        let baseline = version.clone();
+        self.control_plane.spawn(async move {
+            let Some(app) = app.upgrade() else { return };
+            let (name, generation) = (app.settings.name.clone(), baseline.generation());
+            let loaded = Version::load(
+                &app.runtime,
+                bytes,
+                baseline.digest(),
+                generation,
+                app.settings.version.clone(),
+                false,
+            )
+            .await;
+            let optimized = match loaded {
+                Ok(v) => Arc::new(v),
+                Err(e) => {
+                    tracing::warn!(app = %name, generation, error = %e, "optimized code failed; staying on baseline code");
+                    return;
+                }
+            };
+            let closed = app.pipeline.lock().await;
+            if *closed || !Arc::ptr_eq(&app.live.load(), &baseline) {
+                tracing::info!(app = %name, generation, "optimized code no longer needed: a newer version took over");
+                return;
+            }
+            optimized.set_state(State::Live);
+            let old = app.live.swap(optimized.clone());
+            tracing::info!(
+                app = %name,
+                generation,
+                compile_ms = optimized.compile_time().as_millis() as u64,
+                "version optimized: now on optimized code"
+            );
+            app.retire(old);
+            drop(closed);
+        });
     }
 
     /// Marks `old` draining and spawns the wait that retires it.
@@ -291,7 +344,19 @@ async fn load_version(
     generation: u64,
 ) -> Result<Version, ReloadError> {
     let name = &settings.name;
-    match Version::load(runtime, bytes, digest, generation, settings.version.clone()).await {
+    // Large components start on quickly compiled code, unless optimized
+    // code for them is at hand already.
+    let baseline = runtime.wants_baseline(bytes.len()) && runtime.recall(digest).is_none();
+    let loaded = Version::load(
+        runtime,
+        bytes,
+        digest,
+        generation,
+        settings.version.clone(),
+        baseline,
+    )
+    .await;
+    match loaded {
         Ok(version) => {
             tracing::info!(
                 app = %name,
@@ -299,6 +364,7 @@ async fn load_version(
                 digest = %digest.short(),
                 compile_ms = version.compile_time().as_millis() as u64,
                 cached = version.was_cached(),
+                code = if version.is_baseline() { "baseline" } else { "optimized" },
                 "version loaded"
             );
             Ok(version)

@@ -93,6 +93,22 @@ struct ServeArgs {
     /// instances never cross versions.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     reuse_instances: u32,
+    /// Components larger than SIZE go live on quickly compiled (Winch) code
+    /// and switch to optimized (Cranelift) code, compiled in the background,
+    /// once it is ready; 0 does this for every component.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size_or_zero)]
+    tier_up_above: usize,
+    /// Always wait for optimized code before a version goes live.
+    #[arg(long, conflicts_with = "tier_up_above")]
+    no_tier_up: bool,
+}
+
+/// Like [`parse_size`], but 0 is allowed.
+fn parse_size_or_zero(text: &str) -> Result<usize, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(text)
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +185,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 cache_dir: args.cache_dir,
                 no_cache: args.no_cache,
                 reuse_instances: args.reuse_instances,
+                tier_up_above: (!args.no_tier_up).then_some(args.tier_up_above),
             })?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)

@@ -62,6 +62,9 @@ pub struct ServeInput {
     pub no_cache: bool,
     /// Requests one instance may serve in sequence (1: fresh per request).
     pub reuse_instances: u32,
+    /// Components larger than this start on quickly compiled code; `None`
+    /// always waits for optimized code.
+    pub tier_up_above: Option<usize>,
 }
 
 impl ServeConfig {
@@ -103,6 +106,7 @@ impl ServeConfig {
                 max_memory: input.max_memory,
                 cache_dir: (!input.no_cache)
                     .then(|| input.cache_dir.unwrap_or_else(default_cache_dir)),
+                baseline_above: input.tier_up_above,
                 ..EngineSettings::default()
             },
         })

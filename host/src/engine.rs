@@ -5,7 +5,7 @@
 //! settings into an engine that can compile and run components.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolingAllocationConfig,
+    PoolingAllocationConfig, Strategy,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -37,6 +37,10 @@ pub struct EngineSettings {
     /// Where compiled code is cached on disk, keyed by content and engine
     /// settings, so a restarted host skips compiling; `None` disables it.
     pub cache_dir: Option<PathBuf>,
+    /// Components larger than this many bytes start on quickly compiled
+    /// (Winch) code and move to optimized (Cranelift) code once it is ready;
+    /// `None` always waits for optimized code.
+    pub baseline_above: Option<usize>,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +49,7 @@ impl Default for EngineSettings {
             max_memory: 512 << 20,
             max_instances: 1000,
             cache_dir: None,
+            baseline_above: None,
         }
     }
 }
@@ -60,16 +65,77 @@ type Linked = (Digest, ProxyPre<HostState>);
 /// The engine, its linker, and the ticker that drives epoch interruption.
 #[derive(Clone)]
 pub struct Runtime {
-    engine: Engine,
-    linker: Arc<Linker<HostState>>,
+    optimized: Tier,
+    baseline: Option<Tier>,
+    baseline_above: Option<usize>,
     /// Most recently used first.
     linked: Arc<Mutex<Vec<Linked>>>,
 }
 
 impl Runtime {
-    /// Builds the engine (pooling allocator, epoch interruption) and a linker
-    /// holding all of WASI 0.2 plus wasi:http, then starts the epoch ticker.
+    /// Builds the engines (pooling allocator, epoch interruption; Cranelift,
+    /// plus Winch for quick first code) and their linkers holding all of
+    /// WASI 0.2 plus wasi:http, then starts the epoch tickers.
     pub fn new(settings: &EngineSettings) -> Result<Self> {
+        let optimized = Tier::new(settings, Strategy::Cranelift)?;
+        let baseline = match settings.baseline_above {
+            Some(_) => Some(Tier::new(settings, Strategy::Winch)?),
+            None => None,
+        };
+        Ok(Self {
+            optimized,
+            baseline,
+            baseline_above: settings.baseline_above,
+            linked: Arc::default(),
+        })
+    }
+
+    /// Whether a component of `len` bytes should first be compiled quickly
+    /// (baseline code), then swapped to optimized code when that is ready.
+    pub fn wants_baseline(&self, len: usize) -> bool {
+        self.baseline.is_some() && self.baseline_above.is_some_and(|above| len > above)
+    }
+
+    /// The tier that compiles with Winch (fast to compile, slower code) or
+    /// with Cranelift (optimized code).
+    pub fn tier(&self, baseline: bool) -> &Tier {
+        match (&self.baseline, baseline) {
+            (Some(tier), true) => tier,
+            _ => &self.optimized,
+        }
+    }
+
+    /// The linked component for `digest`, if one was remembered recently.
+    pub fn recall(&self, digest: Digest) -> Option<ProxyPre<HostState>> {
+        let mut linked = self.linked.lock().ok()?;
+        let at = linked.iter().position(|(d, _)| *d == digest)?;
+        let entry = linked.remove(at);
+        let pre = entry.1.clone();
+        linked.insert(0, entry);
+        Some(pre)
+    }
+
+    /// Remembers a linked component, forgetting the least recently used one
+    /// beyond [`MEMORY_CACHE_ENTRIES`].
+    pub fn remember(&self, digest: Digest, pre: &ProxyPre<HostState>) {
+        if let Ok(mut linked) = self.linked.lock() {
+            linked.retain(|(d, _)| *d != digest);
+            linked.insert(0, (digest, pre.clone()));
+            linked.truncate(MEMORY_CACHE_ENTRIES);
+        }
+    }
+}
+
+/// One code generator: its engine and the linker for it.
+#[derive(Clone)]
+pub struct Tier {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    baseline: bool,
+}
+
+impl Tier {
+    fn new(settings: &EngineSettings, strategy: Strategy) -> Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(settings.max_instances)
             .total_core_instances(settings.max_instances.saturating_mul(4))
@@ -87,6 +153,7 @@ impl Runtime {
 
         let mut config = Config::new();
         config
+            .strategy(strategy)
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -119,55 +186,54 @@ impl Runtime {
             .context("failed to link wasi:http")?;
 
         start_epoch_ticker(&engine);
-        init_compile_pool();
         Ok(Self {
             engine,
             linker: Arc::new(linker),
-            linked: Arc::default(),
+            baseline: matches!(strategy, Strategy::Winch),
         })
     }
 
     /// Compiles `bytes`. Blocks: call it off the request-serving threads.
+    ///
+    /// A component above [`LOW_PRIORITY_ABOVE`] compiles on low-priority
+    /// threads: its compile takes seconds of every core, and traffic must
+    /// keep the CPU meanwhile. A small one compiles at normal priority, so
+    /// a reload under full load still takes a fraction of a second.
     pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        Component::new(&self.engine, bytes)
-    }
-
-    /// The linked component for `digest`, if one was remembered recently.
-    pub fn recall(&self, digest: Digest) -> Option<ProxyPre<HostState>> {
-        let mut linked = self.linked.lock().ok()?;
-        let at = linked.iter().position(|(d, _)| *d == digest)?;
-        let entry = linked.remove(at);
-        let pre = entry.1.clone();
-        linked.insert(0, entry);
-        Some(pre)
-    }
-
-    /// Remembers a linked component, forgetting the least recently used one
-    /// beyond [`MEMORY_CACHE_ENTRIES`].
-    pub fn remember(&self, digest: Digest, pre: &ProxyPre<HostState>) {
-        if let Ok(mut linked) = self.linked.lock() {
-            linked.retain(|(d, _)| *d != digest);
-            linked.insert(0, (digest, pre.clone()));
-            linked.truncate(MEMORY_CACHE_ENTRIES);
+        let low = bytes.len() > LOW_PRIORITY_ABOVE;
+        if low {
+            lower_thread_priority();
+        }
+        match compile_pool(low) {
+            // wasmtime's parallel compilation runs in whichever rayon pool
+            // the call is installed in.
+            Some(pool) => pool.install(|| Component::new(&self.engine, bytes)),
+            None => Component::new(&self.engine, bytes),
         }
     }
 
-    /// The process-wide engine.
+    /// This tier's engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// The linker every version is pre-instantiated with.
+    /// The linker for this tier's engine.
     pub fn linker(&self) -> &Linker<HostState> {
         &self.linker
     }
+
+    /// Whether this is the quick (Winch) tier.
+    pub fn is_baseline(&self) -> bool {
+        self.baseline
+    }
 }
 
-/// Nice value of the threads that compile components. Compiling a large
-/// component takes seconds of every core; at this priority the threads that
-/// serve requests still get the CPU first, so traffic stays fast while a new
-/// version compiles in the background.
+/// Nice value of the threads that compile large components: at this
+/// priority the threads that serve requests get the CPU first.
 const COMPILE_NICE: i32 = 10;
+
+/// Components larger than this compile at low priority.
+pub const LOW_PRIORITY_ABOVE: usize = 1 << 20;
 
 /// Lowers the scheduling priority of the calling thread to [`COMPILE_NICE`].
 fn lower_thread_priority() {
@@ -182,20 +248,33 @@ fn lower_thread_priority() {
     }
 }
 
-/// Makes wasmtime's parallel compilation (rayon's global pool) run at low
-/// priority. Only the first call in a process takes effect.
-fn init_compile_pool() {
-    let built = rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("wasm-host-compile-{i}"))
-        .start_handler(|_| lower_thread_priority())
-        .build_global();
-    if built.is_err() {
-        tracing::debug!("compile thread pool was already set up");
-    }
+/// The rayon pool for compiles at normal (`false`) or low (`true`)
+/// priority, made on first use; `None` if it could not be made, in which
+/// case rayon's global pool serves.
+fn compile_pool(low: bool) -> Option<&'static rayon::ThreadPool> {
+    static POOLS: OnceLock<[Option<rayon::ThreadPool>; 2]> = OnceLock::new();
+    let pools = POOLS.get_or_init(|| {
+        let build = |low: bool| {
+            rayon::ThreadPoolBuilder::new()
+                .thread_name(move |i| {
+                    format!("wasm-host-compile-{}{i}", if low { "low-" } else { "" })
+                })
+                .start_handler(move |_| {
+                    if low {
+                        lower_thread_priority();
+                    }
+                })
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "cannot start a compile thread pool"))
+                .ok()
+        };
+        [build(false), build(true)]
+    });
+    pools[usize::from(low)].as_ref()
 }
 
-/// Runs `work` on a new low-priority thread and waits for its result
-/// without blocking the async executor.
+/// Runs `work` on a new thread and waits for its result without blocking
+/// the async executor.
 pub async fn in_background<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
@@ -203,7 +282,6 @@ pub async fn in_background<T: Send + 'static>(
     let spawned = thread::Builder::new()
         .name("wasm-host-compile".into())
         .spawn(move || {
-            lower_thread_priority();
             let _ = tx.send(work());
         });
     // If no thread can be started, the dropped sender reports the failure.

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
-use wasmtime::Store;
 use wasmtime::component::Component;
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::engine::{HostState, Runtime};
+use crate::engine::{HostState, Runtime, Tier};
 use crate::guest_log::GuestLog;
 use crate::outgoing::OutgoingPolicy;
 use crate::work::WorkCounter;
@@ -150,7 +150,8 @@ pub struct Version {
     digest: Digest,
     compile_time: Duration,
     cached: bool,
-    runtime: Runtime,
+    baseline: bool,
+    engine: Engine,
     pre: ProxyPre<HostState>,
     log: GuestLog,
     settings: VersionSettings,
@@ -163,24 +164,34 @@ pub struct Version {
 
 impl Version {
     /// Compiles, links and readiness-checks `bytes` as generation
-    /// `generation`. Compilation runs on low-priority threads, off the
-    /// threads that serve requests.
+    /// `generation`. Compilation runs off the threads that serve requests
+    /// (large components at low priority, see [`Tier::compile`]).
+    /// With `baseline`, the code comes from the quick (Winch) tier and is
+    /// neither looked up in nor added to the cache of linked components.
     pub async fn load(
         runtime: &Runtime,
         bytes: Arc<[u8]>,
         digest: Digest,
         generation: u64,
         settings: VersionSettings,
+        baseline: bool,
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
         let started = Instant::now();
-        let recalled = runtime.recall(digest);
+        let tier = runtime.tier(baseline);
+        let recalled = if tier.is_baseline() {
+            None
+        } else {
+            runtime.recall(digest)
+        };
         let cached = recalled.is_some();
         let pre = match recalled {
             Some(pre) => pre,
             None => {
-                let pre = link(runtime, bytes).await?;
-                runtime.remember(digest, &pre);
+                let pre = link(tier, bytes).await?;
+                if !tier.is_baseline() {
+                    runtime.remember(digest, &pre);
+                }
                 pre
             }
         };
@@ -191,7 +202,8 @@ impl Version {
             digest,
             compile_time,
             cached,
-            runtime: runtime.clone(),
+            baseline: tier.is_baseline(),
+            engine: tier.engine().clone(),
             pre,
             log: GuestLog::new(&settings.app, generation),
             settings,
@@ -225,7 +237,7 @@ impl Version {
             .stderr(self.log.clone())
             .build();
         let state = HostState::new(wasi, self.settings.outgoing.clone());
-        let mut store = Store::new(self.runtime.engine(), state);
+        let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
@@ -280,6 +292,12 @@ impl Version {
     /// How long compilation took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Whether this version runs quickly compiled (Winch) code, to be
+    /// replaced by optimized code when that is ready.
+    pub fn is_baseline(&self) -> bool {
+        self.baseline
     }
 
     /// Whether the linked component came from the in-memory cache.
@@ -342,24 +360,23 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Compiles (on low-priority threads), checks the exports, and links.
-async fn link(runtime: &Runtime, bytes: Arc<[u8]>) -> Result<ProxyPre<HostState>, LoadError> {
-    let compiler = runtime.clone();
+/// Compiles (on a background thread), checks the exports, and links.
+async fn link(tier: &Tier, bytes: Arc<[u8]>) -> Result<ProxyPre<HostState>, LoadError> {
+    let compiler = tier.clone();
     let component = crate::engine::in_background(move || compiler.compile(&bytes))
         .await
         .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-    check_exports(runtime, &component)?;
-    let instance_pre = runtime
+    check_exports(tier.engine(), &component)?;
+    let instance_pre = tier
         .linker()
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     ProxyPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))
 }
 
-fn check_exports(runtime: &Runtime, component: &Component) -> Result<(), LoadError> {
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
-    let engine = runtime.engine();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     if names.iter().any(|n| n.starts_with(HANDLER_EXPORT)) {
         return Ok(());
