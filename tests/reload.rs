@@ -490,3 +490,55 @@ async fn versions_go_live_on_quick_code_and_move_to_optimized_code_unnoticed() {
         "{back:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_hooks_gate_the_reload_and_hear_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("lifecycle.wasm");
+    write_version(&v1, "lifecycle", "v1");
+    let host = Host::start(&v1, &["--no-watch", "--ready-timeout", "1s"]);
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body,
+        "lifecycle v1 generation 1\n"
+    );
+
+    // init refusing, trapping and hanging: each refused, v1 keeps serving.
+    for (version, expected) in [
+        ("bad", "the setting GREETING is missing in bad"),
+        ("trap", "failed its readiness check"),
+        ("hang", "did not become ready within 1s"),
+    ] {
+        let path = dir.path().join(format!("{version}.wasm"));
+        write_version(&path, "lifecycle", version);
+        let out = host.reload(Some(&path));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{version}: {stderr}");
+        assert!(stderr.contains(expected), "{version}: {stderr}");
+        assert_eq!(
+            get(&host.addr, "/").await.unwrap().body,
+            "lifecycle v1 generation 1\n"
+        );
+    }
+
+    // A good version: v1 hears drain exactly once, before it is retired.
+    let v2 = dir.path().join("v2.wasm");
+    write_version(&v2, "lifecycle", "v2");
+    host.reload_ok(&v2);
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body,
+        "lifecycle v2 generation 2\n"
+    );
+    let (goodbye_at, _) = host
+        .wait_log_where(Duration::from_secs(5), |l| {
+            l.contains("drain: generation 1 of lifecycle says goodbye")
+        })
+        .expect("v1's drain hook ran");
+    let (retired_at, _) = host
+        .wait_log_where(Duration::from_secs(5), |l| {
+            l.contains("version retired") && l.contains("generation=1")
+        })
+        .expect("v1 retired");
+    assert!(goodbye_at <= retired_at);
+    assert_eq!(host.log_lines(&["drain: generation 1"]).len(), 1);
+    assert!(host.log_lines(&["drain: generation 2"]).is_empty());
+}

@@ -191,7 +191,7 @@ impl App {
         let mut closed = self.pipeline.lock().await;
         if !*closed {
             *closed = true;
-            self.retire(self.live());
+            self.retire(self.live(), true);
         }
         drop(closed);
         self.drains.close();
@@ -228,7 +228,7 @@ impl App {
         let old = self.live.swap(version.clone());
         self.path.send_if_modified(|p| replace(p, &path));
         tracing::info!(app = %name, generation, digest = %digest.short(), "version live");
-        self.retire(old);
+        self.retire(old, true);
         self.tier_up(&version, bytes);
         Ok(outcome(&version, &path, false))
     }
@@ -275,14 +275,22 @@ impl App {
                 compile_ms = optimized.compile_time().as_millis() as u64,
                 "version optimized: now on optimized code"
             );
-            app.retire(old);
+            app.retire(old, false);
             drop(closed);
         });
     }
 
     /// Marks `old` draining and spawns the wait that retires it.
-    fn retire(&self, old: Arc<Version>) {
+    /// `hook` says whether to call the guest's `drain` hook: not when the
+    /// same generation lives on in a copy (tier-up), so that each generation
+    /// hears `drain` exactly once.
+    fn retire(&self, old: Arc<Version>, hook: bool) {
         old.set_state(State::Draining);
+        // The hook's run counts as the old version's work before the drain
+        // below starts waiting.
+        if let Some(run) = old.drain_hook().filter(|_| hook) {
+            self.drains.spawn(run);
+        }
         let in_flight = old.work().running();
         tracing::info!(app = %self.settings.name, generation = old.generation(), in_flight, "version draining");
         if let Ok(mut draining) = self.draining.lock() {

@@ -184,6 +184,9 @@ impl Tier {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasi:http")?;
+        crate::lifecycle::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasm-host:app/info")?;
 
         start_epoch_ticker(&engine);
         Ok(Self {
@@ -315,18 +318,33 @@ pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     outgoing: OutgoingPolicy,
+    generation: u64,
+    app: Arc<str>,
 }
 
 impl HostState {
-    /// State for a store whose WASI context grants what `wasi` grants and
-    /// whose outgoing HTTP requests are checked against `outgoing`.
-    pub fn new(wasi: WasiCtx, outgoing: OutgoingPolicy) -> Self {
+    /// State for a store of generation `generation` of `app`, whose WASI
+    /// context grants what `wasi` grants and whose outgoing HTTP requests
+    /// are checked against `outgoing`.
+    pub fn new(wasi: WasiCtx, outgoing: OutgoingPolicy, generation: u64, app: Arc<str>) -> Self {
         Self {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
             outgoing,
+            generation,
+            app,
         }
+    }
+
+    /// The generation of the version this store runs.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The name of the app this store runs.
+    pub fn app_name(&self) -> &str {
+        &self.app
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod guest_log;
+pub mod lifecycle;
 pub mod outgoing;
 pub mod request;
 pub mod serve;

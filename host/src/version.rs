@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::engine::{HostState, Runtime, Tier};
 use crate::guest_log::GuestLog;
+use crate::lifecycle;
 use crate::outgoing::OutgoingPolicy;
 use crate::work::WorkCounter;
 
@@ -86,6 +87,9 @@ pub enum LoadError {
     /// Instantiation trapped or failed.
     #[error("the component failed its readiness check: {0}")]
     NotReady(String),
+    /// The app's `init` hook refused to start.
+    #[error("the app's init hook refused to start: {0}")]
+    InitRefused(String),
     /// Instantiation did not finish within the ready timeout.
     #[error("the component did not become ready within {0:?} (see --ready-timeout)")]
     ReadyTimeout(Duration),
@@ -217,15 +221,55 @@ impl Version {
         Ok(version)
     }
 
-    /// Instantiates once in a throwaway store, within the ready timeout.
+    /// Instantiates once in a throwaway store and calls the optional `init`
+    /// hook, all within the ready timeout.
     async fn check_ready(&self) -> Result<(), LoadError> {
         let mut store = self.new_store();
         let timeout = self.settings.ready_timeout;
-        match tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store)).await {
-            Ok(Ok(_)) => Ok(()),
+        let pre = self.pre.instance_pre();
+        let ready = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            lifecycle::init(&mut store, pre.component(), &instance).await
+        };
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(refusal))) => Err(LoadError::InitRefused(refusal)),
             Ok(Err(e)) => Err(LoadError::NotReady(format!("{e:#}"))),
             Err(_) => Err(LoadError::ReadyTimeout(timeout)),
         }
+    }
+
+    /// The optional `drain` hook's run, if the component has the hook. It
+    /// is counted as this version's work from the moment this returns, so a
+    /// drain that starts right after waits for it; a drain deadline or the
+    /// request timeout ends it.
+    pub fn drain_hook(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if !lifecycle::exports_hook(self.pre.instance_pre().component(), "drain") {
+            return None;
+        }
+        let guard = self.work.enter();
+        let version = self.clone();
+        Some(async move {
+            let _guard = guard;
+            let pre = version.pre.instance_pre();
+            let mut store = version.new_store();
+            let call = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                lifecycle::drain(&mut store, pre.component(), &instance).await
+            };
+            let generation = version.generation;
+            tokio::select! {
+                biased;
+                _ = version.cancel.cancelled() => {
+                    tracing::warn!(generation, "drain hook stopped by the drain deadline");
+                }
+                result = tokio::time::timeout(version.settings.request_timeout, call) => match result {
+                    Ok(Ok(())) => tracing::info!(generation, "drain hook ran"),
+                    Ok(Err(e)) => tracing::warn!(generation, error = %format!("{e:#}"), "drain hook trapped"),
+                    Err(_) => tracing::warn!(generation, "drain hook stopped at the request timeout"),
+                },
+            }
+        })
     }
 
     /// A fresh store for one request: no ambient authority, guest output
@@ -236,7 +280,12 @@ impl Version {
             .stdout(self.log.clone())
             .stderr(self.log.clone())
             .build();
-        let state = HostState::new(wasi, self.settings.outgoing.clone());
+        let state = HostState::new(
+            wasi,
+            self.settings.outgoing.clone(),
+            self.generation,
+            self.settings.app.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
