@@ -224,11 +224,9 @@ impl App {
         )
         .await?;
         let version = Arc::new(version);
-        version.set_state(State::Live);
-        let old = self.live.swap(version.clone());
+        self.swap_in(&version, true);
         self.path.send_if_modified(|p| replace(p, &path));
         tracing::info!(app = %name, generation, digest = %digest.short(), "version live");
-        self.retire(old, true);
         self.tier_up(&version, bytes);
         Ok(outcome(&version, &path, false))
     }
@@ -267,17 +265,24 @@ impl App {
                 tracing::info!(app = %name, generation, "optimized code no longer needed: a newer version took over");
                 return;
             }
-            optimized.set_state(State::Live);
-            let old = app.live.swap(optimized.clone());
+            app.swap_in(&optimized, false);
             tracing::info!(
                 app = %name,
                 generation,
                 compile_ms = optimized.compile_time().as_millis() as u64,
                 "version optimized: now on optimized code"
             );
-            app.retire(old, false);
             drop(closed);
         });
+    }
+
+    /// Makes `version` live and retires the one it replaces (calling its
+    /// `drain` hook if `hook`, see [`App::retire`]). Call with the pipeline
+    /// lock held.
+    fn swap_in(&self, version: &Arc<Version>, hook: bool) {
+        version.set_state(State::Live);
+        let old = self.live.swap(version.clone());
+        self.retire(old, hook);
     }
 
     /// Marks `old` draining and spawns the wait that retires it.
@@ -352,9 +357,9 @@ async fn load_version(
     generation: u64,
 ) -> Result<Version, ReloadError> {
     let name = &settings.name;
-    // Large components start on quickly compiled code, unless optimized
-    // code for them is at hand already.
-    let baseline = runtime.wants_baseline(bytes.len()) && runtime.recall(digest).is_none();
+    // Large components start on quickly compiled code (unless optimized
+    // code for them is at hand already, which `Version::load` prefers).
+    let baseline = runtime.wants_baseline(bytes.len());
     let loaded = Version::load(
         runtime,
         bytes,

@@ -170,8 +170,9 @@ impl Version {
     /// Compiles, links and readiness-checks `bytes` as generation
     /// `generation`. Compilation runs off the threads that serve requests
     /// (large components at low priority, see [`Tier::compile`]).
-    /// With `baseline`, the code comes from the quick (Winch) tier and is
-    /// neither looked up in nor added to the cache of linked components.
+    /// Optimized code for `digest` linked recently is reused; otherwise, with
+    /// `baseline`, the code comes from the quick (Winch) tier and is not
+    /// added to the cache of linked components.
     pub async fn load(
         runtime: &Runtime,
         bytes: Arc<[u8]>,
@@ -182,13 +183,10 @@ impl Version {
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
         let started = Instant::now();
-        let tier = runtime.tier(baseline);
-        let recalled = if tier.is_baseline() {
-            None
-        } else {
-            runtime.recall(digest)
-        };
+        // Optimized code linked recently wins over compiling anything.
+        let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
+        let tier = runtime.tier(baseline && !cached);
         let pre = match recalled {
             Some(pre) => pre,
             None => {

@@ -289,6 +289,14 @@ async fn answer(
     })
 }
 
+/// A TCP connection to `addr`, ready for a hyper client handshake.
+async fn open(addr: &str) -> Result<TokioIo<TcpStream>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    Ok(TokioIo::new(stream))
+}
+
 /// GET on a fresh HTTP/1.1 connection.
 pub async fn get(addr: &str, path: &str) -> Result<Answer, String> {
     let mut conn = H1::connect(addr).await?;
@@ -304,10 +312,7 @@ pub struct H1 {
 impl H1 {
     /// Opens a connection to `addr`.
     pub async fn connect(addr: &str) -> Result<H1, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(open(addr).await?)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
@@ -337,11 +342,8 @@ pub struct H2 {
 impl H2 {
     /// Opens a connection to `addr`.
     pub async fn connect(addr: &str) -> Result<H2, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
         let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), open(addr).await?)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
