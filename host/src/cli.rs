@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_host_port, parse_size,
+    self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_env, parse_host_port,
+    parse_size,
 };
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 
@@ -28,9 +29,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a wasi:http component, reloading it when the file changes.
+    /// Serve a wasi:http component, reloading it when the file changes; or
+    /// build a crate, serve it, and rebuild and reload it on every save.
     #[command(
-        after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch"
+        after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve ./my-app            (a crate: build, serve, rebuild on save)\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch"
     )]
     Serve(ServeArgs),
     /// Ask a running host to reload, and print the outcome.
@@ -45,8 +47,10 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// The component to serve (a .wasm exporting wasi:http/incoming-handler).
-    #[arg(value_name = "APP.wasm")]
+    /// The component to serve (a .wasm exporting wasi:http/incoming-handler),
+    /// or the directory of a Rust crate to build with cargo for
+    /// wasm32-wasip2, serve, and rebuild on every save.
+    #[arg(value_name = "APP.wasm|DIR")]
     component: PathBuf,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -55,7 +59,8 @@ struct ServeArgs {
     /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else /tmp/wasm-host-$UID.sock].
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
-    /// Do not reload when the component file changes.
+    /// Do not reload when the component file changes (serving a crate: do
+    /// not rebuild when its sources change).
     #[arg(long)]
     no_watch: bool,
     /// How long an old version may finish its work after a reload (and
@@ -74,6 +79,11 @@ struct ServeArgs {
     /// Without it, every outgoing request is denied.
     #[arg(long = "allow-http", value_name = "HOST:PORT", value_parser = parse_host_port)]
     allow_http: Vec<String>,
+    /// Give guests the environment variable NAME, with VALUE or else the
+    /// value it has in the host's environment (repeatable). Guests see no
+    /// other variables.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// Largest linear memory one instance may grow to; a guest that needs
     /// more fails that request with 500.
     #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
@@ -95,9 +105,10 @@ struct ServeArgs {
     reuse_instances: u32,
     /// Components larger than SIZE go live on quickly compiled (Winch) code
     /// and switch to optimized (Cranelift) code, compiled in the background,
-    /// once it is ready; 0 does this for every component.
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size_or_zero)]
-    tier_up_above: usize,
+    /// once it is ready; 0 does this for every component [default: 1MiB,
+    /// and 0 when serving a crate, so a save goes live sooner].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero)]
+    tier_up_above: Option<usize>,
     /// Always wait for optimized code before a version goes live.
     #[arg(long, conflicts_with = "tier_up_above")]
     no_tier_up: bool,
@@ -181,11 +192,13 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ready_timeout: args.ready_timeout,
                 request_timeout: args.request_timeout,
                 allow_http: args.allow_http,
+                env: args.env,
                 max_memory: args.max_memory,
                 cache_dir: args.cache_dir,
                 no_cache: args.no_cache,
                 reuse_instances: args.reuse_instances,
-                tier_up_above: (!args.no_tier_up).then_some(args.tier_up_above),
+                tier_up_above: args.tier_up_above,
+                no_tier_up: args.no_tier_up,
             })?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)

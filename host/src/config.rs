@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::app::AppSettings;
 use crate::engine::EngineSettings;
 use crate::outgoing::OutgoingPolicy;
+use crate::source::SourceCrate;
 use crate::version::VersionSettings;
 
 /// Default listen address.
@@ -29,16 +30,23 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Path of the control socket.
     pub control: PathBuf,
-    /// Whether to reload when the component file changes.
+    /// Whether to reload when the component file changes (or, serving a
+    /// crate, rebuild and reload when its sources change).
     pub watch: bool,
+    /// The crate the component is built from, when serving a directory;
+    /// `app.path` is then filled in by its first build.
+    pub source: Option<SourceCrate>,
     /// Settings of the engine.
     pub engine: EngineSettings,
 }
 
+/// Components larger than this go live on quickly compiled code by default.
+pub const DEFAULT_TIER_UP_ABOVE: usize = 1 << 20;
+
 /// The raw values of `serve`'s flags, before validation.
 #[derive(Clone, Debug)]
 pub struct ServeInput {
-    /// Path of the component.
+    /// Path of the component, or of a crate directory to build it from.
     pub component: PathBuf,
     /// Listen address.
     pub listen: SocketAddr,
@@ -54,6 +62,8 @@ pub struct ServeInput {
     pub request_timeout: Duration,
     /// Allowed outgoing `HOST:PORT`s.
     pub allow_http: Vec<String>,
+    /// Environment variables for guests.
+    pub env: Vec<(String, String)>,
     /// Memory limit per instance, bytes.
     pub max_memory: usize,
     /// On-disk compilation cache, or the default; ignored with `no_cache`.
@@ -63,8 +73,10 @@ pub struct ServeInput {
     /// Requests one instance may serve in sequence (1: fresh per request).
     pub reuse_instances: u32,
     /// Components larger than this start on quickly compiled code; `None`
-    /// always waits for optimized code.
+    /// picks the default (1 MiB, or 0 when serving a crate).
     pub tier_up_above: Option<usize>,
+    /// Always wait for optimized code.
+    pub no_tier_up: bool,
 }
 
 impl ServeConfig {
@@ -72,7 +84,12 @@ impl ServeConfig {
     pub fn new(input: ServeInput) -> Result<Self> {
         let path = std::path::absolute(&input.component)
             .with_context(|| format!("cannot resolve the path {}", input.component.display()))?;
-        check_component_file(&path)?;
+        let source = if path.is_dir() {
+            Some(SourceCrate::open(&path)?)
+        } else {
+            check_component_file(&path)?;
+            None
+        };
         for (name, value) in [
             ("--drain-timeout", input.drain_timeout),
             ("--ready-timeout", input.ready_timeout),
@@ -82,10 +99,20 @@ impl ServeConfig {
                 bail!("{name} must be greater than zero");
             }
         }
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "app".to_string());
+        let name = match &source {
+            Some(source) => source.name(),
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "app".to_string()),
+        };
+        // A crate being edited is rebuilt on every save: start each build on
+        // quickly compiled code whatever its size.
+        let tier_up_above = input.tier_up_above.unwrap_or(if source.is_some() {
+            0
+        } else {
+            DEFAULT_TIER_UP_ABOVE
+        });
         Ok(Self {
             app: AppSettings {
                 version: VersionSettings {
@@ -94,6 +121,7 @@ impl ServeConfig {
                     request_timeout: input.request_timeout,
                     outgoing: OutgoingPolicy::new(&input.allow_http),
                     reuse: input.reuse_instances.max(1),
+                    env: input.env.into(),
                 },
                 name,
                 path,
@@ -102,11 +130,12 @@ impl ServeConfig {
             listen: input.listen,
             control: input.control.unwrap_or_else(default_control_path),
             watch: input.watch,
+            source,
             engine: EngineSettings {
                 max_memory: input.max_memory,
                 cache_dir: (!input.no_cache)
                     .then(|| input.cache_dir.unwrap_or_else(default_cache_dir)),
-                baseline_above: input.tier_up_above,
+                baseline_above: (!input.no_tier_up).then_some(tier_up_above),
                 ..EngineSettings::default()
             },
         })
@@ -122,7 +151,7 @@ fn check_component_file(path: &Path) -> Result<()> {
             path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "{} does not exist; build your app first (e.g. `cargo build --target wasm32-wasip2 --release`) and pass the .wasm it produces",
+            "{} does not exist; pass the .wasm your build produced (`cargo build --target wasm32-wasip2 --release`), or the crate's directory to have wasm-host build it",
             path.display()
         ),
         Err(e) => bail!("cannot read {}: {e}", path.display()),
@@ -198,6 +227,25 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Reads a `NAME[=VALUE]` value for `--env`; a bare NAME takes the value
+/// it has in the host's environment.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value.to_string())),
+        None => (text, None),
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("`{text}` is not NAME=VALUE or NAME"));
+    }
+    let value = match value {
+        Some(value) => value,
+        None => std::env::var(name).map_err(|_| {
+            format!("`{name}` is not set in this environment; write --env {name}=VALUE")
+        })?,
+    };
+    Ok((name.to_string(), value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +276,17 @@ mod tests {
         assert!(parse_host_port(":80").is_err());
         assert!(parse_host_port("http://x:80").is_err());
         assert!(parse_host_port("x:99999").is_err());
+    }
+
+    #[test]
+    fn env_values() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("EMPTY="), Ok(("EMPTY".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        let unset = parse_env("WASM_HOST_SURELY_UNSET_VARIABLE").unwrap_err();
+        assert!(
+            unset.contains("--env WASM_HOST_SURELY_UNSET_VARIABLE=VALUE"),
+            "{unset}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! their versions with zero downtime.
 //!
 //! The binary is a thin shell over this library. Data flows one way:
-//! triggers ([`watch`], [`control`], [`signals`]) call into an [`app::App`],
+//! triggers ([`watch`], [`source`], [`control`], [`signals`]) call into an
+//! [`app::App`],
 //! the [`server`] dispatches requests to the app's live [`version::Version`],
 //! and versions run on the process-wide [`engine::Runtime`].
 
@@ -18,6 +19,7 @@ pub mod request;
 pub mod serve;
 pub mod server;
 pub mod signals;
+pub mod source;
 pub mod version;
 pub mod watch;
 pub mod work;

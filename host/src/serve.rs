@@ -15,10 +15,10 @@ use crate::app::App;
 use crate::config::ServeConfig;
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
-use crate::{server, signals, watch};
+use crate::{server, signals, source, watch};
 
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
-pub async fn serve(config: ServeConfig) -> Result<()> {
+pub async fn serve(mut config: ServeConfig) -> Result<()> {
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}; is another server using it? (pass --listen with another address)",
@@ -30,14 +30,20 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     // The control plane (reloads, drains, the control socket) gets a thread
     // of its own: under full load it must not wait behind request tasks.
     let control_plane = ControlPlane::start()?;
+    if let Some(source) = &config.source {
+        tracing::info!(dir = %source.dir().display(), "building the app");
+        config.app.path = source.build(false).await?;
+    }
 
     let app = App::start(runtime, config.app.clone(), control_plane.handle())
         .await
         .context("the app's first version could not be loaded")?;
     let shutdown = CancellationToken::new();
     signals::spawn(app.clone(), shutdown.clone())?;
-    if config.watch {
-        watch::spawn(app.clone())?;
+    match (&config.source, config.watch) {
+        (Some(crate_dir), true) => source::spawn(app.clone(), crate_dir.clone(), &config.app.path)?,
+        (None, true) => watch::spawn(app.clone())?,
+        (_, false) => {}
     }
     let control_task = control_plane.spawn(control.serve(app.clone(), shutdown.clone()));
 

@@ -134,6 +134,9 @@ pub struct VersionSettings {
     /// Requests one instance may serve in sequence; 1 means a fresh
     /// instance for every request.
     pub reuse: u32,
+    /// Environment variables every instance sees (`--env`); nothing else of
+    /// the host's environment reaches a guest.
+    pub env: Arc<[(String, String)]>,
 }
 
 /// An instance that served a request cleanly and may serve the next one
@@ -277,6 +280,7 @@ impl Version {
         let wasi = WasiCtxBuilder::new()
             .stdout(self.log.clone())
             .stderr(self.log.clone())
+            .envs(&self.settings.env)
             .build();
         let state = HostState::new(
             wasi,

@@ -21,17 +21,34 @@ use crate::app::App;
 /// Quiet time after the last event before a reload starts.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// A file watcher whose events arrive on a channel.
+pub(crate) fn watcher() -> Result<(RecommendedWatcher, mpsc::UnboundedReceiver<Event>)> {
+    let (tx, events) = mpsc::unbounded_channel::<Event>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        Ok(event) => {
+            let _ = tx.send(event);
+        }
+        Err(e) => tracing::warn!(error = %e, "file watch error"),
+    })
+    .context("cannot start the file watch")?;
+    Ok((watcher, events))
+}
+
+/// Waits until no event has come for `quiet`, swallowing the burst; false
+/// when the watch has ended.
+pub(crate) async fn settle(events: &mut mpsc::UnboundedReceiver<Event>, quiet: Duration) -> bool {
+    loop {
+        match tokio::time::timeout(quiet, events.recv()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Starts watching the app's component file.
 pub fn spawn(app: Arc<App>) -> Result<()> {
-    let (tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(event) => {
-                let _ = tx.send(event);
-            }
-            Err(e) => tracing::warn!(error = %e, "file watch error"),
-        })
-        .context("cannot start the file watch")?;
+    let (mut watcher, mut events) = watcher()?;
 
     let mut paths = app.path();
     let mut target = paths.borrow_and_update().clone();
@@ -54,13 +71,8 @@ pub fn spawn(app: Arc<App>) -> Result<()> {
                     if !touches(&event, &target) {
                         continue;
                     }
-                    // Debounce: wait for the burst to end.
-                    loop {
-                        match tokio::time::timeout(DEBOUNCE, events.recv()).await {
-                            Ok(Some(_)) => continue,
-                            Ok(None) => return,
-                            Err(_) => break,
-                        }
+                    if !settle(&mut events, DEBOUNCE).await {
+                        return;
                     }
                     if !target.exists() {
                         // Deleted, and not (yet) recreated: nothing to load.
@@ -102,17 +114,21 @@ fn parent(file: &Path) -> PathBuf {
     }
 }
 
-/// Whether `event` may have changed the contents at `target`. Reads (our
-/// own included) and metadata-only changes do not count.
-fn touches(event: &Event, target: &Path) -> bool {
-    let writes = match event.kind {
+/// Whether an event of this kind may have changed a file's contents. Reads
+/// (our own included) and metadata-only changes do not count.
+pub(crate) fn writes(kind: &EventKind) -> bool {
+    match kind {
         EventKind::Create(_) => true,
         EventKind::Modify(ModifyKind::Metadata(_)) => false,
         EventKind::Modify(_) => true,
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         _ => false,
-    };
-    writes
+    }
+}
+
+/// Whether `event` may have changed the contents at `target`.
+fn touches(event: &Event, target: &Path) -> bool {
+    writes(&event.kind)
         && event
             .paths
             .iter()

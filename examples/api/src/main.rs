@@ -1,0 +1,65 @@
+//! A small JSON-free HTTP API on the SDK's router: path parameters,
+//! bodies streamed in and out, and an outgoing call.
+//!
+//! - `GET /` names the version;
+//! - `GET /users/:id` and `GET /files/*path` echo their parameters;
+//! - `POST /echo` streams the request body straight back;
+//! - `POST /count` reads the body piece by piece and answers its size;
+//! - `GET /stream?chunks=N` streams N lines;
+//! - `GET /upstream?url=http://…` answers with what that URL answered
+//!   (the host must allow it with `--allow-http`).
+use wasm_host_sdk::futures_lite::stream;
+use wasm_host_sdk::{
+    Body, BodyExt, Client, Error, Request, RequestExt, Response, Router, StatusCode, http,
+};
+
+fn routes() -> Router {
+    Router::new()
+        .get("/", |_: Request| format!("api {}\n", stamp::version()))
+        .get("/users/:id", |req: Request| {
+            format!("user {}\n", req.param("id").unwrap_or_default())
+        })
+        .get("/files/*path", |req: Request| {
+            format!("file {}\n", req.param("path").unwrap_or_default())
+        })
+        .post("/echo", |req: Request| Response::new(req.into_body()))
+        .post("/count", count)
+        .get("/stream", stream_lines)
+        .get("/upstream", upstream)
+}
+
+async fn count(req: Request) -> Result<String, Error> {
+    let mut body = req.into_body().into_boxed_body();
+    let (mut bytes, mut pieces) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes += data.len();
+            pieces += 1;
+        }
+    }
+    Ok(format!("{bytes} bytes in {pieces} pieces\n"))
+}
+
+fn stream_lines(req: Request) -> Response {
+    let chunks: usize = req
+        .query("chunks")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let lines = (0..chunks).map(|i| format!("line {i}\n"));
+    Response::new(Body::from_stream(stream::iter(lines)))
+}
+
+async fn upstream(req: Request) -> Result<(StatusCode, String), Error> {
+    let Some(url) = req.query("url") else {
+        return Ok((StatusCode::BAD_REQUEST, "the query needs url=...\n".into()));
+    };
+    let call = http::Request::get(url).body(Body::empty())?;
+    let mut answer = Client::new().send(call).await?;
+    let status = answer.status();
+    let text = answer.body_mut().str_contents().await?.to_owned();
+    Ok((status, format!("upstream said: {text}")))
+}
+
+wasm_host_sdk::app! {
+    handler: routes(),
+}
