@@ -190,7 +190,7 @@ async fn a_stale_control_socket_does_not_block_a_new_host() {
     // A socket file nobody listens on, as a crashed host leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&control).unwrap());
     assert!(control.exists());
-    let host = Host::start_with(&app, &control, &[], sockdir);
+    let host = Host::start_with(&app, &control, &[], &[], sockdir);
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n");
     host.wait_log("removing stale control socket", Duration::from_secs(1));
 }

@@ -1,4 +1,4 @@
-//! Write HTTP apps for [wasm-host](https://github.com/) as plain Rust
+//! Write HTTP apps for wasm-host as plain Rust
 //! functions, and take part in your own hot swap.
 //!
 //! An app is a handler: a function from a [`Request`] to anything that

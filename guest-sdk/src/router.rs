@@ -272,3 +272,92 @@ fn decode(text: &str, query: bool) -> String {
 fn hex(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|d| d as u8)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Body, Response};
+
+    fn request(method: Method, path: &str) -> Request {
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = method;
+        *request.uri_mut() = path.parse().unwrap();
+        request
+    }
+
+    /// Runs the router on one request; every handler here answers at once.
+    fn answer(router: &Router, method: Method, path: &str) -> Response {
+        futures_lite::future::block_on(router.call(request(method, path)))
+    }
+
+    fn show(req: Request) -> String {
+        let params: Vec<String> = req
+            .extensions()
+            .get::<Params>()
+            .map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        params.join(",")
+    }
+
+    fn router() -> Router {
+        Router::new()
+            .get("/", |_: Request| "root")
+            .get("/users/:id", show)
+            .delete("/users/:id", |_: Request| StatusCode::NO_CONTENT)
+            .get("/users/:id/posts/:post", show)
+            .get("/files/*path", show)
+    }
+
+    fn text(response: Response) -> (u16, String) {
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let text = futures_lite::future::block_on(body.str_contents())
+            .unwrap()
+            .to_owned();
+        (status, text)
+    }
+
+    #[test]
+    fn paths_pick_routes_and_fill_params() {
+        let r = router();
+        assert_eq!(text(answer(&r, Method::GET, "/")), (200, "root".into()));
+        assert_eq!(text(answer(&r, Method::GET, "/users/7")).1, "id=7");
+        assert_eq!(text(answer(&r, Method::GET, "/users/7/")).1, "id=7");
+        assert_eq!(
+            text(answer(&r, Method::GET, "/users/a%2Fb/posts/9?x=1")).1,
+            "id=a/b,post=9"
+        );
+        assert_eq!(
+            text(answer(&r, Method::GET, "/files/a/b/c.txt")).1,
+            "path=a/b/c.txt"
+        );
+        assert_eq!(text(answer(&r, Method::GET, "/files")).1, "path=");
+        assert_eq!(answer(&r, Method::DELETE, "/users/7").status(), 204);
+    }
+
+    #[test]
+    fn misses_get_404_or_405_with_allow() {
+        let r = router();
+        assert_eq!(answer(&r, Method::GET, "/users").status(), 404);
+        assert_eq!(answer(&r, Method::GET, "/users/7/extra").status(), 404);
+        let wrong = answer(&r, Method::PUT, "/users/7");
+        assert_eq!(wrong.status(), 405);
+        assert_eq!(wrong.headers()["allow"], "GET, DELETE");
+        assert_eq!(answer(&r, Method::HEAD, "/").status(), 200);
+        let with_fallback = router().fallback(|_: Request| (StatusCode::IM_A_TEAPOT, "tea"));
+        assert_eq!(answer(&with_fallback, Method::GET, "/nope").status(), 418);
+    }
+
+    #[test]
+    fn queries_and_escapes_decode() {
+        let req = request(Method::GET, "/?q=a+b%21&empty&x=%zz");
+        assert_eq!(req.query("q").as_deref(), Some("a b!"));
+        assert_eq!(req.query("empty").as_deref(), Some(""));
+        assert_eq!(req.query("x").as_deref(), Some("%zz"));
+        assert_eq!(req.query("missing"), None);
+        // `+` is a space only in a query, not in a path.
+        assert_eq!(decode("a+b", false), "a+b");
+        assert_eq!(decode("%E2%82%AC", false), "€");
+        assert_eq!(decode("100%", false), "100%");
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -82,16 +82,22 @@ impl Host {
     /// Starts `wasm-host serve component` on a free port with a private
     /// control socket, plus `args`, and waits until it listens.
     pub fn start(component: &Path, args: &[&str]) -> Host {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let control = dir.path().join("control.sock");
-        Self::start_with(component, &control, args, dir)
+        Self::start_env(component, args, &[])
     }
 
-    /// Like [`Host::start`] with a chosen control socket.
+    /// Like [`Host::start`], with extra environment variables for the host.
+    pub fn start_env(component: &Path, args: &[&str], env: &[(&str, &Path)]) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("control.sock");
+        Self::start_with(component, &control, args, env, dir)
+    }
+
+    /// Like [`Host::start_env`] with a chosen control socket.
     pub fn start_with(
         component: &Path,
         control: &Path,
         args: &[&str],
+        env: &[(&str, &Path)],
         dir: tempfile::TempDir,
     ) -> Host {
         let mut child = Command::new(BIN)
@@ -103,6 +109,7 @@ impl Host {
             .arg(dir.path().join("cache"))
             .args(args)
             .env("WASM_HOST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -125,7 +132,8 @@ impl Host {
             logs,
             _dir: dir,
         };
-        let line = host.wait_log("listening on http://", Duration::from_secs(60));
+        // Generous: serving a crate directory builds it first.
+        let line = host.wait_log("listening on http://", Duration::from_secs(240));
         let addr = line
             .split("listening on http://")
             .nth(1)
@@ -361,6 +369,45 @@ impl H2 {
             .map_err(|e| format!("not ready: {e}"))?;
         answer(self.sender.send_request(request(&self.addr, path))).await
     }
+}
+
+/// A whole HTTP answer with its headers and raw body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends `method path` with `body` on a fresh HTTP/1.1 connection.
+pub async fn send(addr: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Reply, String> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(open(addr).await?)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Polls `GET path` on fresh connections until the body contains `needle`.

@@ -17,10 +17,10 @@ async fn accept(request: Request) -> String {
     let version = stamp::version();
     after_response(async move {
         sleep(Duration::from_millis(ms)).await;
-        if let Some(url) = notify {
-            if let Err(e) = tell(&url, version).await {
-                eprintln!("background: notify {url} failed: {e:#}");
-            }
+        if let Some(url) = notify
+            && let Err(e) = tell(&url, version).await
+        {
+            eprintln!("background: notify {url} failed: {e:#}");
         }
     });
     format!("background {version} accepted\n")
