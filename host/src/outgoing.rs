@@ -1,9 +1,9 @@
 //! Which outgoing HTTP requests a guest may make.
 //!
 //! A guest may reach only the `HOST:PORT` pairs the operator allowed with
-//! `--allow-http`; anything else fails at once with `HTTP-request-denied`,
-//! never with a hang. This module decides and forwards; it does not know
-//! which app or version is asking.
+//! `--allow-http`; anything else fails with `HTTP-request-denied` as soon as
+//! the guest has written its request, never with a hang. This module
+//! decides and forwards; it does not know which app or version is asking.
 
 use std::sync::Arc;
 
@@ -42,6 +42,10 @@ impl OutgoingPolicy {
     }
 }
 
+/// How long a denied request's body may take to arrive before the denial
+/// is answered anyway.
+const DENIED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type BoxedIo = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendResult = Result<(http::Response<WasiBody>, BoxedIo), HttpError>;
 
@@ -54,7 +58,18 @@ impl WasiHttpHooks for OutgoingPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         if !self.permits(request.uri()) {
             tracing::warn!(uri = %request.uri(), "outgoing request denied: not in --allow-http");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            return Box::new(async move {
+                // Take the guest's body to its end first (bounded), so the
+                // guest learns of the denial from the response rather than
+                // from a body stream that broke while it was writing.
+                use http_body_util::BodyExt;
+                let mut body = std::pin::pin!(request.into_body());
+                let _ = tokio::time::timeout(DENIED_BODY_WAIT, async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+                Err(HttpError::HttpRequestDenied)
+            });
         }
         Box::new(async move {
             use http_body_util::BodyExt;
