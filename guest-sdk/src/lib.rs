@@ -78,6 +78,8 @@
 //! An app built with this crate imports `wasm-host:app/info`, so it runs on
 //! wasm-host; a plain `wstd` or `wasip2` component runs on wasm-host too.
 
+#![warn(missing_docs)]
+
 mod background;
 mod handler;
 mod hooks;
@@ -106,6 +108,7 @@ pub type Response = wstd::http::Response<Body>;
 
 /// The bindings of the host's own WIT, for the [`app!`] macro.
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
