@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Runtime;
+use crate::metrics::AppMetrics;
 use crate::request::{self, Response};
 use crate::version::{Digest, LoadError, State, Version, VersionSettings};
 use crate::work::WorkGuard;
@@ -97,6 +98,8 @@ pub struct App {
     pipeline: tokio::sync::Mutex<bool>,
     /// Where reloads and tier-ups run.
     control_plane: tokio::runtime::Handle,
+    /// Shared with drain tasks, which record their outcome.
+    metrics: Arc<AppMetrics>,
 }
 
 impl App {
@@ -127,6 +130,7 @@ impl App {
             runtime,
             settings,
             control_plane: control_plane.clone(),
+            metrics: Arc::default(),
         });
         control_plane.spawn(reload_worker(Arc::downgrade(&app), rx));
         app.tier_up(&first, bytes);
@@ -166,8 +170,17 @@ impl App {
 
     /// Serves one request on the live version.
     pub async fn handle(&self, req: hyper::Request<Incoming>) -> Response {
+        let started = Instant::now();
         let (version, guard) = self.enter();
-        request::handle(version, guard, req).await
+        let response = request::handle(version.clone(), guard, req).await;
+        version.counters().record(response.status());
+        self.metrics.observe_latency(started.elapsed());
+        response
+    }
+
+    /// The app's counters, for metrics.
+    pub fn metrics(&self) -> &AppMetrics {
+        &self.metrics
     }
 
     /// Picks the live version and counts a piece of work on it, such that a
@@ -254,7 +267,7 @@ impl App {
             )
             .await;
             let optimized = match loaded {
-                Ok(v) => Arc::new(v),
+                Ok(v) => Arc::new(v.continuing(&baseline)),
                 Err(e) => {
                     tracing::warn!(app = %name, generation, error = %e, "optimized code failed; staying on baseline code");
                     return;
@@ -304,6 +317,7 @@ impl App {
         let name = self.settings.name.clone();
         let drain_timeout = self.settings.drain_timeout;
         let draining = self.draining.clone();
+        let metrics = self.metrics.clone();
         self.drains.spawn(async move {
             let started = tokio::time::Instant::now();
             let served_before = old.served();
@@ -319,6 +333,9 @@ impl App {
                     .await;
             }
             old.set_state(State::Retired);
+            if hook {
+                metrics.drained(started.elapsed(), forced as u64);
+            }
             tracing::info!(
                 app = %name,
                 generation = old.generation(),
@@ -435,6 +452,8 @@ async fn reload_worker(app: Weak<App>, mut asks: mpsc::UnboundedReceiver<ReloadA
         if let Ok(outcome) = &mut result {
             outcome.reload_us = started.elapsed().as_micros() as u64;
         }
+        app.metrics
+            .reloaded(result.is_ok(), result.as_ref().is_ok_and(|o| o.unchanged));
         match &result {
             Ok(_) => {
                 tracing::debug!(app = %app.name(), ms = started.elapsed().as_millis() as u64, "reload finished")

@@ -34,7 +34,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve ./my-app            (a crate: build, serve, rebuild on save)\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a running host to reload, and print the outcome.
     #[command(
         after_help = "Exits 0 when the new version is live (or the file is unchanged), 1 when the\nreload was refused; the old version keeps serving then.\n\nExamples:\n  wasm-host reload\n  wasm-host reload build/app-v2.wasm\n  wasm-host reload --control /run/wasm-host/shop.sock"
@@ -59,6 +59,10 @@ struct ServeArgs {
     /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else /tmp/wasm-host-$UID.sock].
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
+    /// Serve /healthz, /readyz and Prometheus /metrics on this address (off
+    /// unless given). /readyz answers 503 once shutdown begins.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Do not reload when the component file changes (serving a crate: do
     /// not rebuild when its sources change).
     #[arg(long)]
@@ -187,6 +191,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 component: args.component,
                 listen: args.listen,
                 control: args.control,
+                admin: args.admin,
                 watch: !args.no_watch,
                 drain_timeout: args.drain_timeout,
                 ready_timeout: args.ready_timeout,

@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Path of the control socket.
     pub control: PathBuf,
+    /// Address of the admin listener (health, readiness, metrics), if any.
+    pub admin: Option<SocketAddr>,
     /// Whether to reload when the component file changes (or, serving a
     /// crate, rebuild and reload when its sources change).
     pub watch: bool,
@@ -52,6 +54,8 @@ pub struct ServeInput {
     pub listen: SocketAddr,
     /// Control socket, or the default.
     pub control: Option<PathBuf>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
     /// Watch the file.
     pub watch: bool,
     /// Drain timeout.
@@ -129,6 +133,7 @@ impl ServeConfig {
             },
             listen: input.listen,
             control: input.control.unwrap_or_else(default_control_path),
+            admin: input.admin,
             watch: input.watch,
             source,
             engine: EngineSettings {

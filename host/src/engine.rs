@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::metrics::PoolView;
 use crate::outgoing::OutgoingPolicy;
 use crate::version::Digest;
 
@@ -73,6 +74,26 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The slots each engine's pooling allocator has in use, for metrics.
+    pub fn pools(&self) -> Vec<PoolView> {
+        std::iter::once(&self.optimized)
+            .chain(self.baseline.as_ref())
+            .filter_map(|tier| {
+                let pool = tier.engine().pooling_allocator_metrics()?;
+                Some(PoolView {
+                    tier: if tier.is_baseline() {
+                        "baseline"
+                    } else {
+                        "optimized"
+                    },
+                    core_instances: pool.core_instances(),
+                    memories: pool.memories(),
+                    tables: pool.tables(),
+                })
+            })
+            .collect()
+    }
+
     /// Builds the engines (pooling allocator, epoch interruption; Cranelift,
     /// plus Winch for quick first code) and their linkers holding all of
     /// WASI 0.2 plus wasi:http, then starts the epoch tickers.

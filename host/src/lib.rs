@@ -7,6 +7,7 @@
 //! the [`server`] dispatches requests to the app's live [`version::Version`],
 //! and versions run on the process-wide [`engine::Runtime`].
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod engine;
 pub mod guest_log;
 pub mod lifecycle;
+pub mod metrics;
 pub mod outgoing;
 pub mod request;
 pub mod serve;

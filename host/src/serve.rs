@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::config::ServeConfig;
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
-use crate::{server, signals, source, watch};
+use crate::{admin, server, signals, source, watch};
 
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
 pub async fn serve(mut config: ServeConfig) -> Result<()> {
@@ -26,7 +26,14 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
         )
     })?;
     let control = ControlSocket::bind(&config.control)?;
+    let admin = match config.admin {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for --admin; is another server using it?")
+        })?),
+        None => None,
+    };
     let runtime = Runtime::new(&config.engine)?;
+    let engines = runtime.clone();
     // The control plane (reloads, drains, the control socket) gets a thread
     // of its own: under full load it must not wait behind request tasks.
     let control_plane = ControlPlane::start()?;
@@ -46,6 +53,23 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
         (_, false) => {}
     }
     let control_task = control_plane.spawn(control.serve(app.clone(), shutdown.clone()));
+    // On the control plane too: health checks must answer under full load,
+    // and keep answering (not ready) while the host drains.
+    let admin_task = match admin {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .context("cannot read the admin address")?;
+            tracing::info!(%addr, "admin: http://{addr}/metrics, /healthz, /readyz");
+            Some(control_plane.spawn(admin::serve(
+                listener,
+                app.clone(),
+                engines,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let addr = listener
         .local_addr()
@@ -67,6 +91,10 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
     // Dropping the control socket removes its file.
     control_task.abort();
     let _ = control_task.await;
+    if let Some(task) = admin_task {
+        task.abort();
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

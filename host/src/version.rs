@@ -21,6 +21,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use crate::engine::{HostState, Runtime, Tier};
 use crate::guest_log::GuestLog;
 use crate::lifecycle;
+use crate::metrics::VersionCounters;
 use crate::outgoing::OutgoingPolicy;
 use crate::work::WorkCounter;
 
@@ -166,6 +167,8 @@ pub struct Version {
     work: Arc<WorkCounter>,
     cancel: CancellationToken,
     served: AtomicU64,
+    /// Shared with this generation's tier-up copy, so its counts carry on.
+    counters: Arc<VersionCounters>,
     warm: Mutex<Vec<Warm>>,
 }
 
@@ -216,6 +219,7 @@ impl Version {
             work: Arc::new(WorkCounter::default()),
             cancel: CancellationToken::new(),
             served: AtomicU64::new(0),
+            counters: Arc::default(),
             warm: Mutex::new(Vec::new()),
         };
         version.check_ready().await?;
@@ -378,6 +382,18 @@ impl Version {
 
     pub(crate) fn count_served(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses by status class, for metrics.
+    pub fn counters(&self) -> &VersionCounters {
+        &self.counters
+    }
+
+    /// This version, counting into `other`'s counters: for the optimized
+    /// copy that takes over a generation from its baseline copy.
+    pub(crate) fn continuing(mut self, other: &Version) -> Self {
+        self.counters = other.counters.clone();
+        self
     }
 
     /// Where the version is in its life.

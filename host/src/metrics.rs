@@ -1,0 +1,337 @@
+//! Counters for operators, and their Prometheus text form.
+//!
+//! Recording is a handful of relaxed atomic adds on the request path: no
+//! lock, no allocation, no label lookup per request. Rendering reads the
+//! counters of whatever versions the caller passes in; this module never
+//! reaches into the app or the engine itself.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of one version: its responses by status class.
+#[derive(Debug, Default)]
+pub struct VersionCounters {
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    classes: [AtomicU64; 5],
+}
+
+impl VersionCounters {
+    /// Counts one response with `status`.
+    pub fn record(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, Relaxed);
+    }
+
+    /// Responses with a status in class `n`xx (1 to 5).
+    pub fn class(&self, n: usize) -> u64 {
+        self.classes[n - 1].load(Relaxed)
+    }
+}
+
+/// Counters of one app, across its versions.
+#[derive(Debug, Default)]
+pub struct AppMetrics {
+    latency: Histogram,
+    reloads_ok: AtomicU64,
+    reloads_unchanged: AtomicU64,
+    reloads_refused: AtomicU64,
+    drains: AtomicU64,
+    drain_ms: AtomicU64,
+    forced_ends: AtomicU64,
+}
+
+impl AppMetrics {
+    /// Records how long a request took to get its response head.
+    pub fn observe_latency(&self, elapsed: Duration) {
+        self.latency.observe(elapsed);
+    }
+
+    /// Records a reload's outcome.
+    pub fn reloaded(&self, ok: bool, unchanged: bool) {
+        let counter = match (ok, unchanged) {
+            (false, _) => &self.reloads_refused,
+            (true, true) => &self.reloads_unchanged,
+            (true, false) => &self.reloads_ok,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Records a finished drain: its length, and the work it had to end.
+    pub fn drained(&self, elapsed: Duration, forced: u64) {
+        self.drains.fetch_add(1, Relaxed);
+        self.drain_ms.fetch_add(elapsed.as_millis() as u64, Relaxed);
+        self.forced_ends.fetch_add(forced, Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations at or below each bound (not cumulative; summed when
+    /// rendered).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+}
+
+/// What the renderer needs to know of one version.
+pub struct VersionView<'a> {
+    /// Its generation.
+    pub generation: u64,
+    /// `live` or `draining`.
+    pub state: &'a str,
+    /// Short content digest.
+    pub digest: String,
+    /// Requests and background work running now.
+    pub in_flight: usize,
+    /// Its counters.
+    pub counters: &'a VersionCounters,
+}
+
+/// Slots of one engine's pooling allocator in use.
+pub struct PoolView {
+    /// `optimized` or `baseline`.
+    pub tier: &'static str,
+    /// Core instances allocated.
+    pub core_instances: u64,
+    /// Linear memories allocated.
+    pub memories: usize,
+    /// Tables allocated.
+    pub tables: usize,
+}
+
+/// Renders everything in the Prometheus text exposition format (0.0.4).
+pub fn render(
+    app: &str,
+    metrics: &AppMetrics,
+    versions: &[VersionView<'_>],
+    pools: &[PoolView],
+    ready: bool,
+) -> String {
+    let mut out = String::with_capacity(4096);
+    let app = escape(app);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+
+    family(
+        &mut out,
+        "wasm_host_ready",
+        "gauge",
+        "1 while the host takes traffic, 0 once it shuts down.",
+    );
+    let _ = writeln!(out, "wasm_host_ready {}", u8::from(ready));
+
+    family(
+        &mut out,
+        "wasm_host_version_info",
+        "gauge",
+        "The versions alive now, by state.",
+    );
+    for v in versions {
+        let _ = writeln!(
+            out,
+            "wasm_host_version_info{{app=\"{app}\",generation=\"{}\",state=\"{}\",digest=\"{}\"}} 1",
+            v.generation, v.state, v.digest
+        );
+    }
+
+    family(
+        &mut out,
+        "wasm_host_requests_total",
+        "counter",
+        "Responses by version and status class.",
+    );
+    for v in versions {
+        for n in 1..=5 {
+            let _ = writeln!(
+                out,
+                "wasm_host_requests_total{{app=\"{app}\",generation=\"{}\",class=\"{n}xx\"}} {}",
+                v.generation,
+                v.counters.class(n)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "wasm_host_in_flight",
+        "gauge",
+        "Requests and background work running, by version.",
+    );
+    for v in versions {
+        let _ = writeln!(
+            out,
+            "wasm_host_in_flight{{app=\"{app}\",generation=\"{}\"}} {}",
+            v.generation, v.in_flight
+        );
+    }
+
+    family(
+        &mut out,
+        "wasm_host_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to its response head.",
+    );
+    let h = &metrics.latency;
+    let mut cumulative = 0;
+    for (le, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        cumulative += bucket.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(
+        out,
+        "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}\n\
+         wasm_host_request_duration_seconds_sum{{app=\"{app}\"}} {}\n\
+         wasm_host_request_duration_seconds_count{{app=\"{app}\"}} {count}",
+        h.sum_us.load(Relaxed) as f64 / 1e6
+    );
+
+    family(
+        &mut out,
+        "wasm_host_reloads_total",
+        "counter",
+        "Reloads by outcome.",
+    );
+    for (outcome, counter) in [
+        ("ok", &metrics.reloads_ok),
+        ("unchanged", &metrics.reloads_unchanged),
+        ("refused", &metrics.reloads_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "wasm_host_reloads_total{{app=\"{app}\",outcome=\"{outcome}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+
+    family(
+        &mut out,
+        "wasm_host_drains_total",
+        "counter",
+        "Versions drained and retired.",
+    );
+    let _ = writeln!(
+        out,
+        "wasm_host_drains_total{{app=\"{app}\"}} {}",
+        metrics.drains.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "wasm_host_drain_seconds_total",
+        "counter",
+        "Time spent draining, summed over drains.",
+    );
+    let _ = writeln!(
+        out,
+        "wasm_host_drain_seconds_total{{app=\"{app}\"}} {}",
+        metrics.drain_ms.load(Relaxed) as f64 / 1e3
+    );
+    family(
+        &mut out,
+        "wasm_host_forced_ends_total",
+        "counter",
+        "Pieces of work ended by a drain deadline.",
+    );
+    let _ = writeln!(
+        out,
+        "wasm_host_forced_ends_total{{app=\"{app}\"}} {}",
+        metrics.forced_ends.load(Relaxed)
+    );
+
+    for (name, help, value) in [
+        (
+            "wasm_host_pool_core_instances",
+            "Pooling-allocator core instance slots in use.",
+            (|p: &PoolView| p.core_instances as usize) as fn(&PoolView) -> usize,
+        ),
+        (
+            "wasm_host_pool_memories",
+            "Pooling-allocator memory slots in use.",
+            |p: &PoolView| p.memories,
+        ),
+        (
+            "wasm_host_pool_tables",
+            "Pooling-allocator table slots in use.",
+            |p: &PoolView| p.tables,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for pool in pools {
+            let _ = writeln!(out, "{name}{{tier=\"{}\"}} {}", pool.tier, value(pool));
+        }
+    }
+    out
+}
+
+/// Escapes a label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_a_cumulative_histogram() {
+        let metrics = AppMetrics::default();
+        metrics.observe_latency(Duration::from_micros(300));
+        metrics.observe_latency(Duration::from_millis(3));
+        metrics.observe_latency(Duration::from_secs(60));
+        metrics.reloaded(true, false);
+        metrics.reloaded(false, false);
+        metrics.drained(Duration::from_millis(1500), 2);
+        let counters = VersionCounters::default();
+        counters.record(http::StatusCode::OK);
+        counters.record(http::StatusCode::OK);
+        counters.record(http::StatusCode::GATEWAY_TIMEOUT);
+        let versions = [VersionView {
+            generation: 2,
+            state: "live",
+            digest: "abc".into(),
+            in_flight: 1,
+            counters: &counters,
+        }];
+        let text = render("sh\"op", &metrics, &versions, &[], true);
+        for line in [
+            "wasm_host_ready 1",
+            r#"wasm_host_requests_total{app="sh\"op",generation="2",class="2xx"} 2"#,
+            r#"wasm_host_requests_total{app="sh\"op",generation="2",class="5xx"} 1"#,
+            r#"wasm_host_request_duration_seconds_bucket{app="sh\"op",le="0.0005"} 1"#,
+            r#"wasm_host_request_duration_seconds_bucket{app="sh\"op",le="0.005"} 2"#,
+            r#"wasm_host_request_duration_seconds_bucket{app="sh\"op",le="10"} 2"#,
+            r#"wasm_host_request_duration_seconds_bucket{app="sh\"op",le="+Inf"} 3"#,
+            r#"wasm_host_request_duration_seconds_count{app="sh\"op"} 3"#,
+            r#"wasm_host_reloads_total{app="sh\"op",outcome="refused"} 1"#,
+            r#"wasm_host_drain_seconds_total{app="sh\"op"} 1.5"#,
+            r#"wasm_host_forced_ends_total{app="sh\"op"} 2"#,
+            r#"wasm_host_in_flight{app="sh\"op",generation="2"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
