@@ -49,6 +49,16 @@ async fn scrape(admin: &str) -> HashMap<String, f64> {
     samples
 }
 
+/// Checks that each sample is there with its expected value.
+fn expect_samples(samples: &HashMap<String, f64>, expected: &[(&str, f64)]) {
+    for &(key, value) in expected {
+        let found = samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {samples:?}"));
+        assert_eq!(*found, value, "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,32 +77,29 @@ async fn metrics_count_known_traffic_and_reloads() {
         assert_eq!(get(&host.addr, "/trap").await.unwrap().status, 500);
     }
     let m = scrape(&admin).await;
-    let at = |key: &str| {
-        m.get(key)
-            .copied()
-            .unwrap_or_else(|| panic!("no {key} in {m:?}"))
-    };
-    assert_eq!(
-        at(r#"wasm_host_requests_total{app="faulty",generation="1",class="2xx"}"#),
-        4.0
-    );
-    assert_eq!(
-        at(r#"wasm_host_requests_total{app="faulty",generation="1",class="5xx"}"#),
-        2.0
-    );
-    assert_eq!(
-        at(r#"wasm_host_request_duration_seconds_count{app="faulty"}"#),
-        6.0
-    );
-    assert_eq!(
-        at(r#"wasm_host_request_duration_seconds_bucket{app="faulty",le="+Inf"}"#),
-        6.0
-    );
-    assert_eq!(at("wasm_host_ready"), 1.0);
-    // The optimized engine's pool holds no instance between requests.
-    assert_eq!(
-        at(r#"wasm_host_pool_core_instances{tier="optimized"}"#),
-        0.0
+    expect_samples(
+        &m,
+        &[
+            (
+                r#"wasm_host_requests_total{app="faulty",generation="1",class="2xx"}"#,
+                4.0,
+            ),
+            (
+                r#"wasm_host_requests_total{app="faulty",generation="1",class="5xx"}"#,
+                2.0,
+            ),
+            (
+                r#"wasm_host_request_duration_seconds_count{app="faulty"}"#,
+                6.0,
+            ),
+            (
+                r#"wasm_host_request_duration_seconds_bucket{app="faulty",le="+Inf"}"#,
+                6.0,
+            ),
+            ("wasm_host_ready", 1.0),
+            // The optimized engine's pool holds no instance between requests.
+            (r#"wasm_host_pool_core_instances{tier="optimized"}"#, 0.0),
+        ],
     );
 
     // One reload that works, one refused; the old version drains away.
@@ -106,28 +113,25 @@ async fn metrics_count_known_traffic_and_reloads() {
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "faulty v2\n");
 
     let m = scrape(&admin).await;
-    let at = |key: &str| {
-        m.get(key)
-            .copied()
-            .unwrap_or_else(|| panic!("no {key} in {m:?}"))
-    };
-    assert_eq!(
-        at(r#"wasm_host_reloads_total{app="faulty",outcome="ok"}"#),
-        1.0
-    );
-    assert_eq!(
-        at(r#"wasm_host_reloads_total{app="faulty",outcome="refused"}"#),
-        1.0
-    );
-    assert_eq!(at(r#"wasm_host_drains_total{app="faulty"}"#), 1.0);
-    assert_eq!(at(r#"wasm_host_forced_ends_total{app="faulty"}"#), 0.0);
-    assert_eq!(
-        at(r#"wasm_host_requests_total{app="faulty",generation="2",class="2xx"}"#),
-        1.0
-    );
-    assert_eq!(
-        at(r#"wasm_host_request_duration_seconds_count{app="faulty"}"#),
-        7.0
+    expect_samples(
+        &m,
+        &[
+            (r#"wasm_host_reloads_total{app="faulty",outcome="ok"}"#, 1.0),
+            (
+                r#"wasm_host_reloads_total{app="faulty",outcome="refused"}"#,
+                1.0,
+            ),
+            (r#"wasm_host_drains_total{app="faulty"}"#, 1.0),
+            (r#"wasm_host_forced_ends_total{app="faulty"}"#, 0.0),
+            (
+                r#"wasm_host_requests_total{app="faulty",generation="2",class="2xx"}"#,
+                1.0,
+            ),
+            (
+                r#"wasm_host_request_duration_seconds_count{app="faulty"}"#,
+                7.0,
+            ),
+        ],
     );
     assert!(
         m.keys().any(|k| k.starts_with("wasm_host_version_info{")
