@@ -145,13 +145,8 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
     // New requests go to v2 while v1 still works on the slow one.
     let fast = get(&host.addr, "/?ms=0").await.unwrap();
     assert_eq!(fast.body, "slow v2 after 0 ms\n");
-    let status = std::process::Command::new(support::BIN)
-        .args(["status", "--json", "--control"])
-        .arg(&host.control)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let versions = report["versions"].as_array().unwrap();
+    let report = host.status_json();
+    let versions = report["apps"][0]["versions"].as_array().unwrap();
     assert_eq!(versions[0]["generation"], 2);
     assert_eq!(versions[0]["state"], "live");
     assert_eq!(versions[1]["generation"], 1);
@@ -409,15 +404,7 @@ async fn concurrent_reload_asks_are_coalesced_and_all_answered() {
         .split(' ')
         .next()
         .unwrap();
-    let status = String::from_utf8_lossy(
-        &std::process::Command::new(support::BIN)
-            .args(["status", "--control"])
-            .arg(&host.control)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let status = host.ctl_ok(&["status"]);
     assert!(status.contains(&format!("   {generation}  ")), "{status}");
 }
 

@@ -225,7 +225,9 @@ fn reload(server: &Server, path: &Path) -> Result<wasm_host::app::ReloadOutcome>
         .enable_all()
         .build()?;
     let request = wasm_host::control::ControlRequest::Reload {
+        app: None,
         path: Some(path.to_path_buf()),
+        canary: None,
     };
     match rt.block_on(wasm_host::control::send(control, &request))? {
         wasm_host::control::ControlReply::Reloaded(outcome) => Ok(outcome),

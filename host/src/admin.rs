@@ -3,7 +3,7 @@
 //!
 //! `/readyz` turns 503 as soon as shutdown begins, while the host still
 //! drains, so a load balancer in front stops sending new traffic first. It
-//! only reads the app; it never reloads or changes it.
+//! only reads the apps; it never reloads or changes one.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,15 +17,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::apps::Apps;
 use crate::engine::Runtime;
-use crate::metrics::{self, VersionView};
+use crate::metrics::{self, AppView, VersionView};
 
 /// Serves admin requests on `listener` until the task is dropped; ready
 /// until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    apps: Arc<Apps>,
     runtime: Runtime,
     shutdown: CancellationToken,
 ) {
@@ -38,9 +38,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let (app, runtime, shutdown) = (app.clone(), runtime.clone(), shutdown.clone());
+        let (apps, runtime, shutdown) = (apps.clone(), runtime.clone(), shutdown.clone());
         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let answer = answer(req.uri().path(), &app, &runtime, &shutdown);
+            let answer = answer(req.uri().path(), &apps, &runtime, &shutdown);
             async move { Ok::<_, Infallible>(answer) }
         });
         tokio::spawn(async move {
@@ -55,7 +55,7 @@ pub async fn serve(
 
 fn answer(
     path: &str,
-    app: &App,
+    apps: &Apps,
     runtime: &Runtime,
     shutdown: &CancellationToken,
 ) -> Response<Full<Bytes>> {
@@ -65,7 +65,7 @@ fn answer(
         "/readyz" if ready => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
         "/metrics" => {
-            let mut response = text(StatusCode::OK, render(app, runtime, ready));
+            let mut response = text(StatusCode::OK, render(apps, runtime, ready));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -79,27 +79,28 @@ fn answer(
     }
 }
 
-fn render(app: &App, runtime: &Runtime, ready: bool) -> String {
-    let live = app.live();
-    let draining = app.draining();
-    fn view<'a>(v: &'a crate::version::Version, state: &'static str) -> VersionView<'a> {
-        VersionView {
-            generation: v.generation(),
-            state,
-            digest: v.digest().short(),
-            in_flight: v.work().running(),
-            counters: v.counters(),
-        }
-    }
-    let mut versions = vec![view(&live, "live")];
-    versions.extend(draining.iter().map(|v| view(v, "draining")));
-    metrics::render(
-        app.name(),
-        app.metrics(),
-        &versions,
-        &runtime.pools(),
-        ready,
-    )
+fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
+    let apps = apps.all();
+    let versions: Vec<_> = apps.iter().map(|app| app.versions()).collect();
+    let views: Vec<AppView<'_>> = apps
+        .iter()
+        .zip(&versions)
+        .map(|(app, versions)| AppView {
+            name: app.name(),
+            metrics: app.metrics(),
+            versions: versions
+                .iter()
+                .map(|v| VersionView {
+                    generation: v.generation(),
+                    state: v.state().name(),
+                    digest: v.digest().short(),
+                    in_flight: v.work().running(),
+                    counters: v.counters(),
+                })
+                .collect(),
+        })
+        .collect();
+    metrics::render(&views, &runtime.pools(), ready)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -1,16 +1,20 @@
-//! One hosted application: the pointer to its live version, the versions
-//! still draining, and the reload pipeline.
+//! One hosted application: the pointer to its live version, an optional
+//! canary beside it, the versions still draining, the previous version kept
+//! for a rollback, and the pipeline that changes them (in [`pipeline`]).
 //!
-//! Reloads of one app run one at a time on a worker task; asks that arrive
-//! while one runs are coalesced into the next run (the latest path wins) and
-//! every asker gets that run's outcome. The app never parses command lines
-//! and never knows which trigger asked for a reload.
+//! Changes of one app (reload, promote, abort, rollback) run one at a time
+//! on a worker task. The app never parses command lines and never knows
+//! which trigger asked for a change.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+mod pipeline;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::StatusCode;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,7 +23,8 @@ use tokio_util::task::TaskTracker;
 use crate::engine::Runtime;
 use crate::metrics::AppMetrics;
 use crate::request::{self, Response};
-use crate::version::{Digest, LoadError, State, Version, VersionSettings};
+use crate::rollout::{self, Canary, CanaryPlan};
+use crate::version::{LoadError, State, Version, VersionSettings};
 use crate::work::WorkGuard;
 
 /// Settings of one app, validated by the caller.
@@ -35,10 +40,11 @@ pub struct AppSettings {
     pub version: VersionSettings,
 }
 
-/// The result of a reload that did not fail.
+/// The result of a change (reload, promote, abort, rollback) that did not
+/// fail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
-    /// The generation now live.
+    /// The generation now live, or the new canary's.
     pub generation: u64,
     /// Its content digest (SHA-256, hex).
     pub digest: String,
@@ -52,6 +58,15 @@ pub struct ReloadOutcome {
     pub unchanged: bool,
     /// The file the live version came from.
     pub path: PathBuf,
+    /// Whether `generation` runs as a canary beside the live version.
+    #[serde(default)]
+    pub canary: bool,
+    /// The generation that stopped taking requests, if one did.
+    #[serde(default)]
+    pub retired: Option<u64>,
+    /// For a rollback: the generation whose code now runs again.
+    #[serde(default)]
+    pub revived_from: Option<u64>,
 }
 
 /// Why a reload did not happen. The live version keeps serving in every case.
@@ -76,11 +91,73 @@ pub enum ReloadError {
     /// The host is shutting down and takes no more reloads.
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// A plain reload while a canary runs would leave two new versions.
+    #[error(
+        "generation {0} is running as a canary; `wasm-host promote` or `wasm-host abort` it first (or reload with --canary to replace it)"
+    )]
+    CanaryRunning(u64),
+    /// Promote or abort with no canary.
+    #[error("no canary is running; start one with `wasm-host reload NEW.wasm --canary 10`")]
+    NoCanary,
+    /// A canary of the very bytes that are live.
+    #[error("{0} is the live version already; a canary of it would change nothing")]
+    CanaryIsLive(PathBuf),
+    /// Rollback with nothing to go back to.
+    #[error(
+        "there is no previous version to roll back to: only a version replaced by a reload or promote since the host started is kept"
+    )]
+    NoPrevious,
+    /// The previous version failed its readiness check again.
+    #[error("the previous version (generation {generation}) could not be brought back: {source}")]
+    Revive {
+        /// The generation that was to come back.
+        generation: u64,
+        /// Why it could not.
+        source: LoadError,
+    },
+    /// The canary's settings are wrong.
+    #[error("{0}")]
+    BadPlan(String),
 }
 
-/// One ask for a reload, with the channel its outcome goes back on.
-struct ReloadAsk {
-    path: Option<PathBuf>,
+/// A change of an app's versions.
+#[derive(Debug)]
+enum Op {
+    /// Load a new version from `path` (or the current path): live, or a
+    /// canary run by `canary`.
+    Reload {
+        path: Option<PathBuf>,
+        canary: Option<CanaryPlan>,
+    },
+    /// Make the canary live.
+    Promote,
+    /// Drop the canary; `only` restricts it to that generation, `why` says
+    /// what asked (for the log).
+    Abort { only: Option<u64>, why: String },
+    /// Bring back the version the last reload or promote replaced.
+    Rollback,
+}
+
+impl Op {
+    /// What the log calls it.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Reload { .. } => "reload",
+            Op::Promote => "promote",
+            Op::Abort { .. } => "abort",
+            Op::Rollback => "rollback",
+        }
+    }
+
+    /// Whether this ask may share one run with other plain reloads.
+    fn coalesces(&self) -> bool {
+        matches!(self, Op::Reload { canary: None, .. })
+    }
+}
+
+/// One ask for a change, with the channel its outcome goes back on.
+struct Ask {
+    op: Op,
     reply: oneshot::Sender<Result<ReloadOutcome, ReloadError>>,
 }
 
@@ -89,21 +166,29 @@ pub struct App {
     settings: AppSettings,
     runtime: Runtime,
     live: ArcSwap<Version>,
+    /// A version taking a share of new requests, if one runs.
+    canary: ArcSwapOption<Canary>,
     draining: Arc<Mutex<Vec<Arc<Version>>>>,
+    /// The version the last reload or promote replaced, kept compiled so a
+    /// rollback needs no compile.
+    previous: Mutex<Option<Arc<Version>>>,
+    /// The last generation number handed out.
+    generations: AtomicU64,
     drains: TaskTracker,
-    asks: mpsc::UnboundedSender<ReloadAsk>,
+    asks: mpsc::UnboundedSender<Ask>,
     path: watch::Sender<PathBuf>,
-    /// Held by a reload run and by shutdown, so no reload can swap in a
-    /// version after shutdown has drained the live one; `true` once closed.
+    /// Held by a change and by shutdown, so nothing can swap in a version
+    /// after shutdown has drained the live one; `true` once closed.
     pipeline: tokio::sync::Mutex<bool>,
-    /// Where reloads and tier-ups run.
+    /// Where changes and tier-ups run.
     control_plane: tokio::runtime::Handle,
     /// Shared with drain tasks, which record their outcome.
     metrics: Arc<AppMetrics>,
+    started: Instant,
 }
 
 impl App {
-    /// Loads generation 1 from `settings.path` and starts the reload worker
+    /// Loads generation 1 from `settings.path` and starts the change worker
     /// on `control_plane`, a runtime apart from the one serving requests, so
     /// a reload under full load does not queue behind request tasks.
     /// Fails, with the reason, if the first version cannot be loaded.
@@ -113,8 +198,9 @@ impl App {
         control_plane: &tokio::runtime::Handle,
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
-        let (bytes, digest) = read_component(&path)?;
-        let first = load_version(&runtime, &settings, &path, bytes.clone(), digest, 1).await?;
+        let (bytes, digest) = pipeline::read_component(&path)?;
+        let first =
+            pipeline::load_version(&runtime, &settings, &path, bytes.clone(), digest, 1).await?;
         first.set_state(State::Live);
         tracing::info!(app = %settings.name, generation = 1, digest = %digest.short(), "version live");
 
@@ -122,7 +208,10 @@ impl App {
         let first = Arc::new(first);
         let app = Arc::new(Self {
             live: ArcSwap::new(first.clone()),
+            canary: ArcSwapOption::empty(),
             draining: Arc::default(),
+            previous: Mutex::new(None),
+            generations: AtomicU64::new(1),
             drains: TaskTracker::new(),
             asks,
             path: watch::Sender::new(path),
@@ -131,8 +220,9 @@ impl App {
             settings,
             control_plane: control_plane.clone(),
             metrics: Arc::default(),
+            started: Instant::now(),
         });
-        control_plane.spawn(reload_worker(Arc::downgrade(&app), rx));
+        control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
         app.tier_up(&first, bytes);
         Ok(app)
     }
@@ -142,14 +232,49 @@ impl App {
         &self.settings.name
     }
 
+    /// The settings the app runs with.
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+
+    /// How long the app has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The version taking new requests now.
     pub fn live(&self) -> Arc<Version> {
         self.live.load_full()
     }
 
+    /// The canary version, if one runs.
+    pub fn canary(&self) -> Option<Arc<Version>> {
+        self.canary.load().as_ref().map(|c| c.version.clone())
+    }
+
+    /// The canary's share of new requests in percent, if one runs.
+    pub fn canary_percent(&self) -> Option<f64> {
+        self.canary.load().as_ref().map(|c| c.plan.percent)
+    }
+
     /// Versions that stopped taking requests but still run work.
     pub fn draining(&self) -> Vec<Arc<Version>> {
         self.draining.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Every version the app holds: live, canary, draining, and the one
+    /// kept for a rollback (state `retired`), in that order.
+    pub fn versions(&self) -> Vec<Arc<Version>> {
+        let mut all = vec![self.live()];
+        all.extend(self.canary());
+        all.extend(self.draining());
+        if let Ok(previous) = self.previous.lock()
+            && let Some(previous) = previous.as_ref()
+            && !all.iter().any(|v| Arc::ptr_eq(v, previous))
+        {
+            all.push(previous.clone());
+        }
+        all
     }
 
     /// The component path the live version came from; changes when a reload
@@ -161,17 +286,60 @@ impl App {
     /// Asks for a reload from `path` (or the current path) and waits for the
     /// outcome of the run that serves this ask.
     pub async fn reload(&self, path: Option<PathBuf>) -> Result<ReloadOutcome, ReloadError> {
+        self.ask(Op::Reload { path, canary: None }).await
+    }
+
+    /// Loads a new version from `path` (or the current path) as a canary run
+    /// by `plan`. A canary of the same bytes as the running canary only
+    /// changes its plan (e.g. a larger share).
+    pub async fn start_canary(
+        &self,
+        path: Option<PathBuf>,
+        plan: CanaryPlan,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        plan.validate().map_err(ReloadError::BadPlan)?;
+        self.ask(Op::Reload {
+            path,
+            canary: Some(plan),
+        })
+        .await
+    }
+
+    /// Makes the canary live; the old live version drains.
+    pub async fn promote(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.ask(Op::Promote).await
+    }
+
+    /// Drops the canary; the live version takes every request again.
+    pub async fn abort(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.ask(Op::Abort {
+            only: None,
+            why: "asked".into(),
+        })
+        .await
+    }
+
+    /// Brings back the version the last reload or promote replaced, as a
+    /// new generation running its already compiled code.
+    pub async fn rollback(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.ask(Op::Rollback).await
+    }
+
+    async fn ask(&self, op: Op) -> Result<ReloadOutcome, ReloadError> {
         let (reply, outcome) = oneshot::channel();
         self.asks
-            .send(ReloadAsk { path, reply })
+            .send(Ask { op, reply })
             .map_err(|_| ReloadError::ShuttingDown)?;
         outcome.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 
-    /// Serves one request on the live version.
+    /// Serves one request on the version it is routed to.
     pub async fn handle(&self, req: hyper::Request<Incoming>) -> Response {
         let started = Instant::now();
-        let (version, guard) = self.enter();
+        let (version, guard) = match self.enter(req.headers()) {
+            Ok(entered) => entered,
+            Err(why) => return request::plain(StatusCode::MISDIRECTED_REQUEST, why),
+        };
         let response = request::handle(version.clone(), guard, req).await;
         version.counters().record(response.status());
         self.metrics.observe_latency(started.elapsed());
@@ -183,119 +351,61 @@ impl App {
         &self.metrics
     }
 
-    /// Picks the live version and counts a piece of work on it, such that a
-    /// version a drain has seen idle never gets new work: if the live pointer
-    /// moved between the load and the count, the count is undone and the
-    /// request goes to the new version instead.
-    fn enter(&self) -> (Arc<Version>, WorkGuard) {
+    /// Routes a request (pin header, canary share, else live) and counts a
+    /// piece of work on the chosen version, such that a version a drain has
+    /// seen idle never gets new work: if the version stopped taking requests
+    /// between the choice and the count, the count is undone and the choice
+    /// made again.
+    fn enter(&self, headers: &http::HeaderMap) -> Result<(Arc<Version>, WorkGuard), String> {
+        let pin = rollout::pinned(headers).map_err(|text| {
+            format!(
+                "{}: `{text}` is not a generation number\n",
+                rollout::PIN_HEADER
+            )
+        })?;
         loop {
-            let version = self.live.load_full();
+            let canary = self.canary.load();
+            let version = match (pin, canary.as_deref()) {
+                (Some(g), Some(c)) if c.version.generation() == g => c.version.clone(),
+                (Some(g), _) => {
+                    let live = self.live.load_full();
+                    if live.generation() != g {
+                        return Err(format!(
+                            "generation {g} of {} takes no requests (live: {}); see `wasm-host status`\n",
+                            self.settings.name,
+                            live.generation()
+                        ));
+                    }
+                    live
+                }
+                (None, Some(c)) if c.takes(headers) => c.version.clone(),
+                (None, _) => self.live.load_full(),
+            };
             let guard = version.work().enter();
-            if Arc::ptr_eq(&version, &self.live.load()) {
-                return (version, guard);
+            if version.state().takes_requests() {
+                return Ok((version, guard));
             }
         }
     }
 
-    /// Drains every version, the live one included, and waits until all
-    /// their work has ended or been force-ended. Call after the server has
-    /// stopped taking requests.
+    /// Drains every version, the live one and any canary included, and
+    /// waits until all their work has ended or been force-ended. Call after
+    /// the server has stopped taking requests.
     pub async fn shutdown(&self) {
         let mut closed = self.pipeline.lock().await;
         if !*closed {
             *closed = true;
+            if let Some(canary) = self.canary.swap(None) {
+                self.retire(canary.version.clone(), true);
+            }
             self.retire(self.live(), true);
+            if let Ok(mut previous) = self.previous.lock() {
+                previous.take();
+            }
         }
         drop(closed);
         self.drains.close();
         self.drains.wait().await;
-    }
-
-    /// One reload run: read, digest, load, swap, retire the old version.
-    async fn run_reload(self: &Arc<Self>, path: PathBuf) -> Result<ReloadOutcome, ReloadError> {
-        let closed = self.pipeline.lock().await;
-        if *closed {
-            return Err(ReloadError::ShuttingDown);
-        }
-        let name = &self.settings.name;
-        let (bytes, digest) = read_component(&path)?;
-        let current = self.live();
-        if digest == current.digest() {
-            tracing::info!(app = %name, generation = current.generation(), digest = %digest.short(), "reload: unchanged");
-            self.path.send_if_modified(|p| replace(p, &path));
-            return Ok(outcome(&current, &path, true));
-        }
-
-        let generation = current.generation() + 1;
-        let version = load_version(
-            &self.runtime,
-            &self.settings,
-            &path,
-            bytes.clone(),
-            digest,
-            generation,
-        )
-        .await?;
-        let version = Arc::new(version);
-        self.swap_in(&version, true);
-        self.path.send_if_modified(|p| replace(p, &path));
-        tracing::info!(app = %name, generation, digest = %digest.short(), "version live");
-        self.tier_up(&version, bytes);
-        Ok(outcome(&version, &path, false))
-    }
-
-    /// If `version` runs quickly compiled baseline code, compiles optimized
-    /// code in the background and swaps it in under the same generation —
-    /// unless a reload or shutdown came first. Requests never notice: the
-    /// baseline copy drains like any old version.
-    fn tier_up(self: &Arc<Self>, version: &Arc<Version>, bytes: Arc<[u8]>) {
-        if !version.is_baseline() {
-            return;
-        }
-        let app = Arc::downgrade(self);
-        let baseline = version.clone();
-        self.control_plane.spawn(async move {
-            let Some(app) = app.upgrade() else { return };
-            let (name, generation) = (app.settings.name.clone(), baseline.generation());
-            let loaded = Version::load(
-                &app.runtime,
-                bytes,
-                baseline.digest(),
-                generation,
-                app.settings.version.clone(),
-                false,
-            )
-            .await;
-            let optimized = match loaded {
-                Ok(v) => Arc::new(v.continuing(&baseline)),
-                Err(e) => {
-                    tracing::warn!(app = %name, generation, error = %e, "optimized code failed; staying on baseline code");
-                    return;
-                }
-            };
-            let closed = app.pipeline.lock().await;
-            if *closed || !Arc::ptr_eq(&app.live.load(), &baseline) {
-                tracing::info!(app = %name, generation, "optimized code no longer needed: a newer version took over");
-                return;
-            }
-            app.swap_in(&optimized, false);
-            tracing::info!(
-                app = %name,
-                generation,
-                compile_ms = optimized.compile_time().as_millis() as u64,
-                "version optimized: now on optimized code"
-            );
-            drop(closed);
-        });
-    }
-
-    /// Makes `version` live and retires the one it replaces (calling its
-    /// `drain` hook if `hook`, see [`App::retire`]). Call with the pipeline
-    /// lock held.
-    fn swap_in(&self, version: &Arc<Version>, hook: bool) {
-        version.set_state(State::Live);
-        let old = self.live.swap(version.clone());
-        self.retire(old, hook);
     }
 
     /// Marks `old` draining and spawns the wait that retires it.
@@ -348,120 +458,5 @@ impl App {
                 draining.retain(|v| !Arc::ptr_eq(v, &old));
             }
         });
-    }
-}
-
-/// Reads a component file and digests it.
-///
-/// A plain blocking read: it runs at start-up or on the control-plane thread,
-/// never on a thread that serves requests.
-fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadError> {
-    let bytes = std::fs::read(path).map_err(|e| ReloadError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let digest = Digest::of(&bytes);
-    Ok((bytes.into(), digest))
-}
-
-/// Loads one version and logs the result either way.
-async fn load_version(
-    runtime: &Runtime,
-    settings: &AppSettings,
-    path: &Path,
-    bytes: Arc<[u8]>,
-    digest: Digest,
-    generation: u64,
-) -> Result<Version, ReloadError> {
-    let name = &settings.name;
-    // Large components start on quickly compiled code (unless optimized
-    // code for them is at hand already, which `Version::load` prefers).
-    let baseline = runtime.wants_baseline(bytes.len());
-    let loaded = Version::load(
-        runtime,
-        bytes,
-        digest,
-        generation,
-        settings.version.clone(),
-        baseline,
-    )
-    .await;
-    match loaded {
-        Ok(version) => {
-            tracing::info!(
-                app = %name,
-                generation,
-                digest = %digest.short(),
-                compile_ms = version.compile_time().as_millis() as u64,
-                cached = version.was_cached(),
-                code = if version.is_baseline() { "baseline" } else { "optimized" },
-                "version loaded"
-            );
-            Ok(version)
-        }
-        Err(source) => Err(ReloadError::Refused {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn outcome(version: &Version, path: &Path, unchanged: bool) -> ReloadOutcome {
-    ReloadOutcome {
-        generation: version.generation(),
-        digest: version.digest().to_string(),
-        compile_ms: if unchanged || version.was_cached() {
-            0
-        } else {
-            version.compile_time().as_millis() as u64
-        },
-        cached: version.was_cached(),
-        reload_us: 0,
-        unchanged,
-        path: path.to_path_buf(),
-    }
-}
-
-/// Sets `slot` to `path`; returns whether it changed.
-fn replace(slot: &mut PathBuf, path: &Path) -> bool {
-    if slot == path {
-        return false;
-    }
-    *slot = path.to_path_buf();
-    true
-}
-
-/// Runs reloads one at a time, coalescing asks that queue up meanwhile.
-async fn reload_worker(app: Weak<App>, mut asks: mpsc::UnboundedReceiver<ReloadAsk>) {
-    while let Some(first) = asks.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = asks.try_recv() {
-            batch.push(more);
-        }
-        let Some(app) = app.upgrade() else { break };
-        let started = Instant::now();
-        let path = batch
-            .iter()
-            .rev()
-            .find_map(|ask| ask.path.clone())
-            .unwrap_or_else(|| app.path.borrow().clone());
-        if batch.len() > 1 {
-            tracing::info!(app = %app.name(), asks = batch.len(), "coalesced reload asks into one run");
-        }
-        let mut result = app.run_reload(path).await;
-        if let Ok(outcome) = &mut result {
-            outcome.reload_us = started.elapsed().as_micros() as u64;
-        }
-        app.metrics
-            .reloaded(result.is_ok(), result.as_ref().is_ok_and(|o| o.unchanged));
-        match &result {
-            Ok(_) => {
-                tracing::debug!(app = %app.name(), ms = started.elapsed().as_millis() as u64, "reload finished")
-            }
-            Err(error) => tracing::warn!(app = %app.name(), reason = %error, "reload refused"),
-        }
-        for ask in batch {
-            let _ = ask.reply.send(result.clone());
-        }
     }
 }

@@ -14,13 +14,14 @@ use crate::config::{
     parse_size,
 };
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
+use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
 /// zero downtime.
 #[derive(Debug, Parser)]
 #[command(name = "wasm-host", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host reload\n  wasm-host status\n\nLog detail: set WASM_HOST_LOG (e.g. WASM_HOST_LOG=debug)."
+    after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host reload\n  wasm-host reload new.wasm --canary 10\n  wasm-host promote\n  wasm-host rollback\n  wasm-host status\n\nLog detail: set WASM_HOST_LOG (e.g. WASM_HOST_LOG=debug)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,13 +36,21 @@ enum Command {
         after_help = "Examples:\n  wasm-host serve app.wasm\n  wasm-host serve ./my-app            (a crate: build, serve, rebuild on save)\n  wasm-host serve app.wasm --listen 0.0.0.0:3000 --drain-timeout 10s\n  wasm-host serve app.wasm --allow-http api.example.com:443 --no-watch"
     )]
     Serve(Box<ServeArgs>),
-    /// Ask a running host to reload, and print the outcome.
+    /// Ask a running host to reload (or to start a canary), and print the
+    /// outcome.
     #[command(
-        after_help = "Exits 0 when the new version is live (or the file is unchanged), 1 when the\nreload was refused; the old version keeps serving then.\n\nExamples:\n  wasm-host reload\n  wasm-host reload build/app-v2.wasm\n  wasm-host reload --control /run/wasm-host/shop.sock"
+        after_help = "Exits 0 when the new version is live (or the file is unchanged), 1 when the\nreload was refused; the old version keeps serving then.\n\nExamples:\n  wasm-host reload\n  wasm-host reload build/app-v2.wasm\n  wasm-host reload shop build/shop-v2.wasm --canary 10 --abort-above 5\n  wasm-host reload --control /run/wasm-host/shop.sock"
     )]
     Reload(ReloadArgs),
-    /// Show the versions a running host has: live and draining.
-    #[command(after_help = "Examples:\n  wasm-host status\n  wasm-host status --json")]
+    /// Make the running canary live; the old live version drains.
+    Promote(AppArgs),
+    /// Drop the running canary; the live version takes every request again.
+    Abort(AppArgs),
+    /// Bring back the version the last reload or promote replaced, from
+    /// its kept compiled code (no recompile); it runs as a new generation.
+    Rollback(AppArgs),
+    /// Show what a running host runs: versions by state, requests, memory.
+    #[command(after_help = "Examples:\n  wasm-host status\n  wasm-host status shop --json")]
     Status(StatusArgs),
 }
 
@@ -144,16 +153,86 @@ impl ControlArgs {
 
 #[derive(Debug, Args)]
 struct ReloadArgs {
-    /// Reload from this component instead of the current file; later
-    /// reloads and the file watch follow it.
-    #[arg(value_name = "APP.wasm")]
-    component: Option<PathBuf>,
+    /// `[APP] [APP.wasm]`: the app to reload (may be left out when the host
+    /// runs one app) and a new component to load instead of the current
+    /// file; later reloads and the file watch follow it.
+    #[arg(value_name = "APP|APP.wasm", num_args = 0..=2)]
+    targets: Vec<String>,
+    /// Start the new version as a canary taking PCT percent of new requests
+    /// (0 to 100; 0 takes only requests pinned with the
+    /// x-wasm-host-generation header). Again with the same file: change the
+    /// share.
+    #[arg(long, value_name = "PCT")]
+    canary: Option<f64>,
+    /// Requests carrying this header are split by its value, so one client
+    /// stays on one version.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_STICKY_HEADER, requires = "canary")]
+    sticky_header: String,
+    /// Abort the canary by itself when more than PCT percent of its
+    /// responses over --abort-window are 5xx.
+    #[arg(long, value_name = "PCT", requires = "canary")]
+    abort_above: Option<f64>,
+    /// The window --abort-above measures over.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration, requires = "abort_above")]
+    abort_window: Duration,
+    /// Fewer canary responses than this in the window never abort it.
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "abort_above")]
+    abort_min_requests: u64,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+impl ReloadArgs {
+    /// Splits the positionals into an app name and a component path: with
+    /// one, a value that looks like a file (ends in .wasm, has a `/`, or
+    /// exists) is the path.
+    fn app_and_path(&self) -> Result<(Option<String>, Option<PathBuf>)> {
+        let (app, path) = match self.targets.as_slice() {
+            [] => (None, None),
+            [one] if looks_like_file(one) => (None, Some(one)),
+            [one] => (Some(one.clone()), None),
+            [app, path, ..] => (Some(app.clone()), Some(path)),
+        };
+        let path = match path {
+            Some(p) => Some(
+                std::path::absolute(p).with_context(|| format!("cannot resolve the path {p}"))?,
+            ),
+            None => None,
+        };
+        Ok((app, path))
+    }
+
+    fn plan(&self) -> Option<CanaryPlan> {
+        Some(CanaryPlan {
+            percent: self.canary?,
+            sticky_header: self.sticky_header.clone(),
+            auto_abort: self.abort_above.map(|max_error_percent| AbortRule {
+                max_error_percent,
+                window: self.abort_window,
+                min_requests: self.abort_min_requests,
+            }),
+        })
+    }
+}
+
+fn looks_like_file(text: &str) -> bool {
+    text.ends_with(".wasm") || text.contains('/') || std::path::Path::new(text).is_file()
+}
+
+#[derive(Debug, Args)]
+struct AppArgs {
+    /// The app (may be left out when the host runs one app).
+    #[arg(value_name = "APP")]
+    app: Option<String>,
     #[command(flatten)]
     control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
 struct StatusArgs {
+    /// Only this app.
+    #[arg(value_name = "APP")]
+    app: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -209,82 +288,165 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload(args) => {
-            let path = match args.component {
-                Some(p) => Some(
-                    std::path::absolute(&p)
-                        .with_context(|| format!("cannot resolve the path {}", p.display()))?,
-                ),
-                None => None,
+            let (app, path) = args.app_and_path()?;
+            let canary = args.plan();
+            if let Some(plan) = &canary {
+                plan.validate().map_err(anyhow::Error::msg)?;
+            }
+            let what = if canary.is_some() {
+                Step::Canary
+            } else {
+                Step::Reload
             };
-            let reply =
-                control::send(&args.control.socket(), &ControlRequest::Reload { path }).await?;
-            Ok(print_reply(reply))
+            let request = ControlRequest::Reload { app, path, canary };
+            let reply = control::send(&args.control.socket(), &request).await?;
+            Ok(print_reply(reply, what))
+        }
+        Command::Promote(args) => {
+            let request = ControlRequest::Promote { app: args.app };
+            let reply = control::send(&args.control.socket(), &request).await?;
+            Ok(print_reply(reply, Step::Promote))
+        }
+        Command::Abort(args) => {
+            let request = ControlRequest::Abort { app: args.app };
+            let reply = control::send(&args.control.socket(), &request).await?;
+            Ok(print_reply(reply, Step::Abort))
+        }
+        Command::Rollback(args) => {
+            let request = ControlRequest::Rollback { app: args.app };
+            let reply = control::send(&args.control.socket(), &request).await?;
+            Ok(print_reply(reply, Step::Rollback))
         }
         Command::Status(args) => {
-            let reply = control::send(&args.control.socket(), &ControlRequest::Status).await?;
+            let request = ControlRequest::Status { app: args.app };
+            let reply = control::send(&args.control.socket(), &request).await?;
             match reply {
                 ControlReply::Status(report) if args.json => {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     Ok(ExitCode::SUCCESS)
                 }
-                other => Ok(print_reply(other)),
+                other => Ok(print_reply(other, Step::Status)),
             }
         }
     }
 }
 
-fn print_reply(reply: ControlReply) -> ExitCode {
-    match reply {
-        ControlReply::Reloaded(o) if o.unchanged => {
-            println!(
-                "unchanged: generation {} already runs {} (sha256:{})",
-                o.generation,
-                o.path.display(),
-                &o.digest[..12.min(o.digest.len())]
-            );
-            ExitCode::SUCCESS
+/// Which command a reply answers, for its wording.
+#[derive(Clone, Copy, PartialEq)]
+enum Step {
+    Reload,
+    Canary,
+    Promote,
+    Abort,
+    Rollback,
+    Status,
+}
+
+fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
+    let o = match reply {
+        ControlReply::Reloaded(o) => o,
+        ControlReply::Failed { error } => {
+            let what = match step {
+                Step::Reload | Step::Canary => "reload refused",
+                Step::Promote => "promote refused",
+                Step::Abort => "abort refused",
+                Step::Rollback => "rollback refused",
+                Step::Status => "status failed",
+            };
+            eprintln!("{what}: {error}\nnothing changed: the live version is still serving");
+            return ExitCode::FAILURE;
         }
-        ControlReply::Reloaded(o) => {
+        ControlReply::Status(report) => {
+            print_status(&report);
+            return ExitCode::SUCCESS;
+        }
+    };
+    let digest = &o.digest[..12.min(o.digest.len())];
+    let retired = o
+        .retired
+        .map(|g| format!("; generation {g} drains"))
+        .unwrap_or_default();
+    match step {
+        Step::Canary if o.unchanged => println!(
+            "canary: generation {} keeps running from {} with its new share",
+            o.generation,
+            o.path.display()
+        ),
+        _ if o.unchanged => println!(
+            "unchanged: generation {} already runs {} (sha256:{digest})",
+            o.generation,
+            o.path.display()
+        ),
+        Step::Reload | Step::Canary => {
             let compiled = if o.cached {
                 "compiled code reused".to_string()
             } else {
                 format!("compiled in {} ms", o.compile_ms)
             };
+            let role = if o.canary { "canary" } else { "live" };
             println!(
-                "reloaded: generation {} is live from {} (sha256:{}, {compiled}, swapped in {:.1} ms)",
+                "reloaded: generation {} is {role} from {} (sha256:{digest}, {compiled}, swapped in {:.1} ms){retired}",
                 o.generation,
                 o.path.display(),
-                &o.digest[..12.min(o.digest.len())],
                 o.reload_us as f64 / 1000.0
             );
-            ExitCode::SUCCESS
         }
-        ControlReply::Failed { error } => {
-            eprintln!("reload refused: {error}\nthe previous version is still serving");
-            ExitCode::FAILURE
-        }
-        ControlReply::Status(report) => {
-            print_status(&report);
-            ExitCode::SUCCESS
-        }
+        Step::Promote => println!(
+            "promoted: generation {} is live (sha256:{digest}){retired}",
+            o.generation
+        ),
+        Step::Abort => println!(
+            "aborted: generation {} drains; generation {} keeps serving every request",
+            o.retired.unwrap_or_default(),
+            o.generation
+        ),
+        Step::Rollback => println!(
+            "rolled back: generation {} is live, running the code of generation {} (sha256:{digest}, no compile, {:.1} ms){retired}",
+            o.generation,
+            o.revived_from.unwrap_or_default(),
+            o.reload_us as f64 / 1000.0
+        ),
+        Step::Status => {}
     }
+    ExitCode::SUCCESS
 }
 
 fn print_status(report: &StatusReport) {
-    println!("app {} ({})", report.app, report.path.display());
     println!(
-        "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}",
-        "gen", "digest", "state", "in-flight", "served"
+        "host pid {}, resident memory {:.1} MiB",
+        report.host.pid,
+        report.host.rss_bytes as f64 / (1 << 20) as f64
     );
-    for v in &report.versions {
+    for app in &report.apps {
+        let canary = app
+            .canary_percent
+            .map(|p| format!(", canary at {p}%"))
+            .unwrap_or_default();
         println!(
-            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}",
-            v.generation,
-            &v.digest[..12.min(v.digest.len())],
-            v.state,
-            v.in_flight,
-            v.served
+            "\napp {} ({}), up {}, reloads: {} ok, {} unchanged, {} refused{canary}",
+            app.app,
+            app.path.display(),
+            humantime::format_duration(Duration::from_secs(app.uptime_s as u64)),
+            app.reloads_ok,
+            app.reloads_unchanged,
+            app.reloads_refused
         );
+        println!(
+            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}",
+            "gen", "digest", "state", "in-flight", "served", "up", "code"
+        );
+        for v in &app.versions {
+            println!(
+                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi",
+                v.generation,
+                &v.digest[..12.min(v.digest.len())],
+                v.state,
+                v.in_flight,
+                v.served,
+                humantime::format_duration(Duration::from_secs(v.uptime_s)).to_string(),
+                v.code_bytes as f64 / (1 << 20) as f64
+            );
+        }
     }
 }
 

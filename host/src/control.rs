@@ -17,25 +17,57 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, ReloadOutcome};
+use crate::apps::Apps;
+use crate::rollout::CanaryPlan;
 
-/// A request from a CLI command to the host.
+/// A request from a CLI command to the host. `app` names the app; it may
+/// be left out when the host runs only one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum ControlRequest {
-    /// Reload from `path`, or from the current path when absent.
+    /// Reload from `path`, or from the current path when absent; with
+    /// `canary`, start the new version as a canary.
     Reload {
+        /// The app.
+        #[serde(default)]
+        app: Option<String>,
         /// An absolute path to a new component file.
         path: Option<PathBuf>,
+        /// Run the new version beside the live one, on a share of requests.
+        #[serde(default)]
+        canary: Option<CanaryPlan>,
     },
-    /// Report what runs.
-    Status,
+    /// Make the canary live.
+    Promote {
+        /// The app.
+        #[serde(default)]
+        app: Option<String>,
+    },
+    /// Drop the canary.
+    Abort {
+        /// The app.
+        #[serde(default)]
+        app: Option<String>,
+    },
+    /// Bring back the version the last reload or promote replaced.
+    Rollback {
+        /// The app.
+        #[serde(default)]
+        app: Option<String>,
+    },
+    /// Report what runs (one app, or all).
+    Status {
+        /// The app.
+        #[serde(default)]
+        app: Option<String>,
+    },
 }
 
 /// The host's reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum ControlReply {
-    /// The reload succeeded (or found nothing changed).
+    /// The change succeeded (or found nothing changed).
     Reloaded(ReloadOutcome),
     /// The request failed; the live version keeps serving.
     Failed {
@@ -46,14 +78,43 @@ pub enum ControlReply {
     Status(StatusReport),
 }
 
-/// A snapshot of one app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A snapshot of the host and its apps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The host process.
+    pub host: HostStatus,
+    /// One entry per app.
+    pub apps: Vec<AppStatus>,
+}
+
+/// A snapshot of the host process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Resident memory of the whole process, bytes.
+    pub rss_bytes: u64,
+}
+
+/// A snapshot of one app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
     /// The app's name.
     pub app: String,
     /// The component file of the live version.
     pub path: PathBuf,
-    /// The live version first, then the draining ones.
+    /// Seconds since the app started.
+    pub uptime_s: f64,
+    /// Reloads that put a new version live (or a canary up).
+    pub reloads_ok: u64,
+    /// Reloads that found the file unchanged.
+    pub reloads_unchanged: u64,
+    /// Reloads refused; the live version kept serving.
+    pub reloads_refused: u64,
+    /// The canary's share of new requests in percent, if a canary runs.
+    pub canary_percent: Option<f64>,
+    /// Live first, then the canary, the draining ones, and the one kept for
+    /// a rollback (`retired`).
     pub versions: Vec<VersionStatus>,
 }
 
@@ -64,12 +125,16 @@ pub struct VersionStatus {
     pub generation: u64,
     /// Content digest.
     pub digest: String,
-    /// `live` or `draining`.
+    /// `live`, `canary`, `draining` or `retired`.
     pub state: String,
     /// Pieces of work running now (requests and background work).
     pub in_flight: usize,
     /// Requests answered.
     pub served: u64,
+    /// Seconds since it was loaded.
+    pub uptime_s: u64,
+    /// Bytes of compiled code it keeps mapped.
+    pub code_bytes: usize,
 }
 
 /// The host's end of the control socket.
@@ -130,8 +195,8 @@ impl ControlSocket {
         })
     }
 
-    /// Answers requests for `app` until `shutdown` fires.
-    pub async fn serve(self, app: Arc<App>, shutdown: CancellationToken) {
+    /// Answers requests about `apps` until `shutdown` fires.
+    pub async fn serve(self, apps: Arc<Apps>, shutdown: CancellationToken) {
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -143,9 +208,9 @@ impl ControlSocket {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let app = app.clone();
+            let apps = apps.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &app).await {
+                if let Err(e) = answer(stream, &apps).await {
                     tracing::warn!(error = %format!("{e:#}"), "control request failed");
                 }
             });
@@ -160,18 +225,15 @@ impl Drop for ControlSocket {
 }
 
 /// Reads one request from `stream`, acts on it, writes the reply.
-async fn answer(stream: UnixStream, app: &App) -> Result<()> {
+async fn answer(stream: UnixStream, apps: &Apps) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
-        Ok(ControlRequest::Reload { path }) => match app.reload(path).await {
-            Ok(outcome) => ControlReply::Reloaded(outcome),
-            Err(e) => ControlReply::Failed {
-                error: e.to_string(),
-            },
+        Ok(request) => match act(request, apps).await {
+            Ok(reply) => reply,
+            Err(error) => ControlReply::Failed { error },
         },
-        Ok(ControlRequest::Status) => ControlReply::Status(status(app)),
         Err(e) => ControlReply::Failed {
             error: format!("malformed control request: {e}"),
         },
@@ -182,21 +244,76 @@ async fn answer(stream: UnixStream, app: &App) -> Result<()> {
     Ok(())
 }
 
-fn status(app: &App) -> StatusReport {
-    let describe = |v: &crate::version::Version, state: &str| VersionStatus {
-        generation: v.generation(),
-        digest: v.digest().to_string(),
-        state: state.to_string(),
-        in_flight: v.work().running(),
-        served: v.served(),
+/// Carries out one request on the app it names.
+async fn act(request: ControlRequest, apps: &Apps) -> Result<ControlReply, String> {
+    let changed = |result: Result<ReloadOutcome, crate::app::ReloadError>| {
+        result
+            .map(ControlReply::Reloaded)
+            .map_err(|e| e.to_string())
     };
-    let mut versions = vec![describe(&app.live(), "live")];
-    versions.extend(app.draining().iter().map(|v| describe(v, "draining")));
-    StatusReport {
+    match request {
+        ControlRequest::Reload { app, path, canary } => {
+            let app = apps.find(app.as_deref())?;
+            match canary {
+                Some(plan) => changed(app.start_canary(path, plan).await),
+                None => changed(app.reload(path).await),
+            }
+        }
+        ControlRequest::Promote { app } => changed(apps.find(app.as_deref())?.promote().await),
+        ControlRequest::Abort { app } => changed(apps.find(app.as_deref())?.abort().await),
+        ControlRequest::Rollback { app } => changed(apps.find(app.as_deref())?.rollback().await),
+        ControlRequest::Status { app } => {
+            let chosen = match app {
+                Some(name) => vec![apps.find(Some(&name))?],
+                None => apps.all().to_vec(),
+            };
+            Ok(ControlReply::Status(StatusReport {
+                host: HostStatus {
+                    pid: std::process::id(),
+                    rss_bytes: resident_bytes(),
+                },
+                apps: chosen.iter().map(|app| status(app)).collect(),
+            }))
+        }
+    }
+}
+
+fn status(app: &App) -> AppStatus {
+    let (reloads_ok, reloads_unchanged, reloads_refused) = app.metrics().reloads();
+    let versions = app
+        .versions()
+        .iter()
+        .map(|v| VersionStatus {
+            generation: v.generation(),
+            digest: v.digest().to_string(),
+            state: v.state().name().to_string(),
+            in_flight: v.work().running(),
+            served: v.served(),
+            uptime_s: v.uptime().as_secs(),
+            code_bytes: v.code_bytes(),
+        })
+        .collect();
+    AppStatus {
         app: app.name().to_string(),
         path: app.path().borrow().clone(),
+        uptime_s: app.uptime().as_secs_f64(),
+        reloads_ok,
+        reloads_unchanged,
+        reloads_refused,
+        canary_percent: app.canary_percent(),
         versions,
     }
+}
+
+/// Resident memory of this process, from /proc (0 where unavailable).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }
 
 /// Sends `request` to the host on `socket` and waits for its reply.

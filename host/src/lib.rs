@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outgoing;
 pub mod request;
+pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod signals;

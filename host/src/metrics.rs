@@ -32,6 +32,11 @@ impl VersionCounters {
     pub fn class(&self, n: usize) -> u64 {
         self.classes[n - 1].load(Relaxed)
     }
+
+    /// Responses of every class.
+    pub fn total(&self) -> u64 {
+        self.classes.iter().map(|c| c.load(Relaxed)).sum()
+    }
 }
 
 /// Counters of one app, across its versions.
@@ -60,6 +65,15 @@ impl AppMetrics {
             (true, false) => &self.reloads_ok,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Reloads so far: (went live, found unchanged, refused).
+    pub fn reloads(&self) -> (u64, u64, u64) {
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_unchanged.load(Relaxed),
+            self.reloads_refused.load(Relaxed),
+        )
     }
 
     /// Records a finished drain: its length, and the work it had to end.
@@ -94,7 +108,7 @@ impl Histogram {
 pub struct VersionView<'a> {
     /// Its generation.
     pub generation: u64,
-    /// `live` or `draining`.
+    /// `live`, `canary`, `draining` or `retired`.
     pub state: &'a str,
     /// Short content digest.
     pub digest: String,
@@ -116,16 +130,19 @@ pub struct PoolView {
     pub tables: usize,
 }
 
+/// What the renderer needs to know of one app.
+pub struct AppView<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its counters.
+    pub metrics: &'a AppMetrics,
+    /// Its versions alive now.
+    pub versions: Vec<VersionView<'a>>,
+}
+
 /// Renders everything in the Prometheus text exposition format (0.0.4).
-pub fn render(
-    app: &str,
-    metrics: &AppMetrics,
-    versions: &[VersionView<'_>],
-    pools: &[PoolView],
-    ready: bool,
-) -> String {
+pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
     let mut out = String::with_capacity(4096);
-    let app = escape(app);
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
@@ -144,7 +161,7 @@ pub fn render(
         "gauge",
         "The versions alive now, by state.",
     );
-    for v in versions {
+    for (app, v) in each_version(apps) {
         let _ = writeln!(
             out,
             "wasm_host_version_info{{app=\"{app}\",generation=\"{}\",state=\"{}\",digest=\"{}\"}} 1",
@@ -158,7 +175,7 @@ pub fn render(
         "counter",
         "Responses by version and status class.",
     );
-    for v in versions {
+    for (app, v) in each_version(apps) {
         for n in 1..=5 {
             let _ = writeln!(
                 out,
@@ -175,7 +192,7 @@ pub fn render(
         "gauge",
         "Requests and background work running, by version.",
     );
-    for v in versions {
+    for (app, v) in each_version(apps) {
         let _ = writeln!(
             out,
             "wasm_host_in_flight{{app=\"{app}\",generation=\"{}\"}} {}",
@@ -189,23 +206,26 @@ pub fn render(
         "histogram",
         "Time from a request's arrival to its response head.",
     );
-    let h = &metrics.latency;
-    let mut cumulative = 0;
-    for (le, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-        cumulative += bucket.load(Relaxed);
+    for a in apps {
+        let app = escape(a.name);
+        let h = &a.metrics.latency;
+        let mut cumulative = 0;
+        for (le, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = h.count.load(Relaxed);
         let _ = writeln!(
             out,
-            "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"{le}\"}} {cumulative}"
+            "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}\n\
+             wasm_host_request_duration_seconds_sum{{app=\"{app}\"}} {}\n\
+             wasm_host_request_duration_seconds_count{{app=\"{app}\"}} {count}",
+            h.sum_us.load(Relaxed) as f64 / 1e6
         );
     }
-    let count = h.count.load(Relaxed);
-    let _ = writeln!(
-        out,
-        "wasm_host_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}\n\
-         wasm_host_request_duration_seconds_sum{{app=\"{app}\"}} {}\n\
-         wasm_host_request_duration_seconds_count{{app=\"{app}\"}} {count}",
-        h.sum_us.load(Relaxed) as f64 / 1e6
-    );
 
     family(
         &mut out,
@@ -213,51 +233,49 @@ pub fn render(
         "counter",
         "Reloads by outcome.",
     );
-    for (outcome, counter) in [
-        ("ok", &metrics.reloads_ok),
-        ("unchanged", &metrics.reloads_unchanged),
-        ("refused", &metrics.reloads_refused),
-    ] {
-        let _ = writeln!(
-            out,
-            "wasm_host_reloads_total{{app=\"{app}\",outcome=\"{outcome}\"}} {}",
-            counter.load(Relaxed)
-        );
+    for a in apps {
+        let app = escape(a.name);
+        let m = a.metrics;
+        for (outcome, counter) in [
+            ("ok", &m.reloads_ok),
+            ("unchanged", &m.reloads_unchanged),
+            ("refused", &m.reloads_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "wasm_host_reloads_total{{app=\"{app}\",outcome=\"{outcome}\"}} {}",
+                counter.load(Relaxed)
+            );
+        }
     }
 
-    family(
-        &mut out,
-        "wasm_host_drains_total",
-        "counter",
-        "Versions drained and retired.",
-    );
-    let _ = writeln!(
-        out,
-        "wasm_host_drains_total{{app=\"{app}\"}} {}",
-        metrics.drains.load(Relaxed)
-    );
-    family(
-        &mut out,
-        "wasm_host_drain_seconds_total",
-        "counter",
-        "Time spent draining, summed over drains.",
-    );
-    let _ = writeln!(
-        out,
-        "wasm_host_drain_seconds_total{{app=\"{app}\"}} {}",
-        metrics.drain_ms.load(Relaxed) as f64 / 1e3
-    );
-    family(
-        &mut out,
-        "wasm_host_forced_ends_total",
-        "counter",
-        "Pieces of work ended by a drain deadline.",
-    );
-    let _ = writeln!(
-        out,
-        "wasm_host_forced_ends_total{{app=\"{app}\"}} {}",
-        metrics.forced_ends.load(Relaxed)
-    );
+    for (name, help, value) in [
+        (
+            "wasm_host_drains_total",
+            "Versions drained and retired.",
+            (|m: &AppMetrics| m.drains.load(Relaxed) as f64) as fn(&AppMetrics) -> f64,
+        ),
+        (
+            "wasm_host_drain_seconds_total",
+            "Time spent draining, summed over drains.",
+            |m: &AppMetrics| m.drain_ms.load(Relaxed) as f64 / 1e3,
+        ),
+        (
+            "wasm_host_forced_ends_total",
+            "Pieces of work ended by a drain deadline.",
+            |m: &AppMetrics| m.forced_ends.load(Relaxed) as f64,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for a in apps {
+            let _ = writeln!(
+                out,
+                "{name}{{app=\"{}\"}} {}",
+                escape(a.name),
+                value(a.metrics)
+            );
+        }
+    }
 
     for (name, help, value) in [
         (
@@ -282,6 +300,14 @@ pub fn render(
         }
     }
     out
+}
+
+/// Every version of every app, with its app's escaped name.
+fn each_version<'a>(
+    apps: &'a [AppView<'a>],
+) -> impl Iterator<Item = (String, &'a VersionView<'a>)> {
+    apps.iter()
+        .flat_map(|a| a.versions.iter().map(move |v| (escape(a.name), v)))
 }
 
 /// Escapes a label value.
@@ -316,7 +342,12 @@ mod tests {
             in_flight: 1,
             counters: &counters,
         }];
-        let text = render("sh\"op", &metrics, &versions, &[], true);
+        let apps = [AppView {
+            name: "sh\"op",
+            metrics: &metrics,
+            versions: versions.into(),
+        }];
+        let text = render(&apps, &[], true);
         for line in [
             "wasm_host_ready 1",
             r#"wasm_host_requests_total{app="sh\"op",generation="2",class="2xx"} 2"#,

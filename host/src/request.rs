@@ -163,7 +163,7 @@ fn guest_error(code: ErrorCode) -> Response {
 }
 
 /// A short text response made by the host itself.
-fn plain(status: StatusCode, text: String) -> Response {
+pub(crate) fn plain(status: StatusCode, text: String) -> Response {
     let body = Full::new(Bytes::from(text))
         .map_err(Into::into)
         .boxed_unsync();

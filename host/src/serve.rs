@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::apps::Apps;
 use crate::config::ServeConfig;
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
@@ -52,7 +53,8 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
         (None, true) => watch::spawn(app.clone())?,
         (_, false) => {}
     }
-    let control_task = control_plane.spawn(control.serve(app.clone(), shutdown.clone()));
+    let apps = Arc::new(Apps::new(vec![app.clone()]));
+    let control_task = control_plane.spawn(control.serve(apps.clone(), shutdown.clone()));
     // On the control plane too: health checks must answer under full load,
     // and keep answering (not ready) while the host drains.
     let admin_task = match admin {
@@ -63,7 +65,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
             tracing::info!(%addr, "admin: http://{addr}/metrics, /healthz, /readyz");
             Some(control_plane.spawn(admin::serve(
                 listener,
-                app.clone(),
+                apps.clone(),
                 engines,
                 shutdown.clone(),
             )))

@@ -106,8 +106,11 @@ pub enum State {
     Live = 1,
     /// Finishes what it started; receives nothing new.
     Draining = 2,
-    /// All its work has ended; it is about to be dropped.
+    /// All its work has ended; it is about to be dropped (or kept compiled
+    /// for a rollback).
     Retired = 3,
+    /// Receives a share of new requests beside the live version.
+    Canary = 4,
 }
 
 impl State {
@@ -116,7 +119,24 @@ impl State {
             0 => State::Loading,
             1 => State::Live,
             2 => State::Draining,
+            4 => State::Canary,
             _ => State::Retired,
+        }
+    }
+
+    /// Whether a version in this state may be given new requests.
+    pub fn takes_requests(self) -> bool {
+        matches!(self, State::Live | State::Canary)
+    }
+
+    /// The lower-case name shown by `status` and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Loading => "loading",
+            State::Live => "live",
+            State::Draining => "draining",
+            State::Retired => "retired",
+            State::Canary => "canary",
         }
     }
 }
@@ -170,6 +190,7 @@ pub struct Version {
     /// Shared with this generation's tier-up copy, so its counts carry on.
     counters: Arc<VersionCounters>,
     warm: Mutex<Vec<Warm>>,
+    loaded_at: Instant,
 }
 
 impl Version {
@@ -221,6 +242,33 @@ impl Version {
             served: AtomicU64::new(0),
             counters: Arc::default(),
             warm: Mutex::new(Vec::new()),
+            loaded_at: Instant::now(),
+        };
+        version.check_ready().await?;
+        Ok(version)
+    }
+
+    /// A new generation running this version's compiled code: no read, no
+    /// compile, only the readiness check (and so the `init` hook) again.
+    /// This is what makes a rollback a swap rather than a rebuild.
+    pub async fn revive(&self, generation: u64) -> Result<Self, LoadError> {
+        let version = Self {
+            generation,
+            digest: self.digest,
+            compile_time: Duration::ZERO,
+            cached: true,
+            baseline: self.baseline,
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            log: GuestLog::new(&self.settings.app, generation),
+            settings: self.settings.clone(),
+            state: AtomicU8::new(State::Loading as u8),
+            work: Arc::new(WorkCounter::default()),
+            cancel: CancellationToken::new(),
+            served: AtomicU64::new(0),
+            counters: Arc::default(),
+            warm: Mutex::new(Vec::new()),
+            loaded_at: Instant::now(),
         };
         version.check_ready().await?;
         Ok(version)
@@ -313,7 +361,7 @@ impl Version {
     /// it has served its share, the pool is full, or the version stopped
     /// taking requests.
     pub(crate) fn give_back(&self, warm: Warm) {
-        if warm.uses >= self.settings.reuse || self.state() != State::Live {
+        if warm.uses >= self.settings.reuse || !self.state().takes_requests() {
             return;
         }
         if let Ok(mut pool) = self.warm.lock()
@@ -360,6 +408,17 @@ impl Version {
         self.cached
     }
 
+    /// How long ago this version was loaded.
+    pub fn uptime(&self) -> Duration {
+        self.loaded_at.elapsed()
+    }
+
+    /// Bytes of compiled machine code this version keeps mapped.
+    pub fn code_bytes(&self) -> usize {
+        let range = self.pre.instance_pre().component().image_range();
+        range.end.addr() - range.start.addr()
+    }
+
     /// Bound on one request's run, background work included.
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout
@@ -393,6 +452,7 @@ impl Version {
     /// copy that takes over a generation from its baseline copy.
     pub(crate) fn continuing(mut self, other: &Version) -> Self {
         self.counters = other.counters.clone();
+        self.loaded_at = other.loaded_at;
         self
     }
 
@@ -401,10 +461,11 @@ impl Version {
         State::from_u8(self.state.load(Ordering::SeqCst))
     }
 
-    /// Moves the version to `state`. Leaving `Live` drops idle instances.
+    /// Moves the version to `state`. Leaving `Live`/`Canary` drops idle
+    /// instances.
     pub fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::SeqCst);
-        if state != State::Live {
+        if !state.takes_requests() {
             self.drop_warm();
         }
     }

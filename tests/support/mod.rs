@@ -207,27 +207,41 @@ impl Host {
 
     /// Runs `wasm-host reload [path]` against this host.
     pub fn reload(&self, path: Option<&Path>) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("reload");
-        if let Some(p) = path {
-            cmd.arg(p);
-        }
-        cmd.arg("--control")
+        let path = path.map(|p| p.to_str().expect("utf-8 path"));
+        self.ctl(&[&["reload"], path.as_slice()].concat())
+    }
+
+    /// Runs `wasm-host ARGS… --control SOCKET` against this host.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--control")
             .arg(&self.control)
             .output()
-            .expect("run wasm-host reload")
+            .expect("run wasm-host")
+    }
+
+    /// Like [`Host::ctl`], insisting on success; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "wasm-host {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `wasm-host status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.ctl_ok(&["status", "--json"]);
+        serde_json::from_str(&out).expect("status --json prints JSON")
     }
 
     /// Runs `wasm-host reload path` and insists that it succeeded.
     pub fn reload_ok(&self, path: &Path) -> String {
-        let out = self.reload(Some(path));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "reload failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        self.ctl_ok(&["reload", path.to_str().expect("utf-8 path")])
     }
 
     /// Sends `signal` to the host.
@@ -381,6 +395,17 @@ pub struct Reply {
 
 /// Sends `method path` with `body` on a fresh HTTP/1.1 connection.
 pub async fn send(addr: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Reply, String> {
+    send_with(addr, method, path, &[], body).await
+}
+
+/// Like [`send`], with extra request headers.
+pub async fn send_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(open(addr).await?)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -388,7 +413,10 @@ pub async fn send(addr: &str, method: &str, path: &str, body: Vec<u8>) -> Result
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr)
+        .header(hyper::header::HOST, addr);
+    let request = headers
+        .iter()
+        .fold(request, |r, (name, value)| r.header(*name, *value))
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("request: {e}"))?;
     let response = sender
