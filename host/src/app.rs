@@ -9,7 +9,7 @@
 mod pipeline;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Runtime;
-use crate::metrics::AppMetrics;
+use crate::limits::{self, Admission, Capped, Limits, Refusal};
+use crate::metrics::{AppMetrics, Rejection};
 use crate::request::{self, Response};
 use crate::rollout::{self, Canary, CanaryPlan};
 use crate::version::{LoadError, State, Version, VersionSettings};
@@ -38,6 +39,8 @@ pub struct AppSettings {
     pub drain_timeout: Duration,
     /// What each version needs besides its bytes.
     pub version: VersionSettings,
+    /// Admission limits: concurrency, queue, body size.
+    pub limits: Limits,
 }
 
 /// The result of a change (reload, promote, abort, rollback) that did not
@@ -184,6 +187,8 @@ pub struct App {
     control_plane: tokio::runtime::Handle,
     /// Shared with drain tasks, which record their outcome.
     metrics: Arc<AppMetrics>,
+    /// Turns to run a guest; shared by every version of the app.
+    admission: Admission,
     started: Instant,
 }
 
@@ -216,6 +221,7 @@ impl App {
             asks,
             path: watch::Sender::new(path),
             pipeline: tokio::sync::Mutex::new(false),
+            admission: Admission::new(settings.limits.clone()),
             runtime,
             settings,
             control_plane: control_plane.clone(),
@@ -333,16 +339,80 @@ impl App {
         outcome.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 
-    /// Serves one request on the version it is routed to.
+    /// Serves one request on the version it is routed to, within the
+    /// app's limits.
     pub async fn handle(&self, req: hyper::Request<Incoming>) -> Response {
         let started = Instant::now();
+        let limits = self.admission.limits();
+        if let Some(max) = limits.max_body
+            && limits::declared_length(req.headers()).is_some_and(|len| len > max)
+        {
+            self.metrics.rejected(Rejection::BodyTooLarge);
+            return self.too_large(max);
+        }
+        let turn = match self.admission.admit().await {
+            Ok(turn) => turn,
+            Err(refusal) => return self.busy(refusal),
+        };
         let (version, guard) = match self.enter(req.headers()) {
             Ok(entered) => entered,
             Err(why) => return request::plain(StatusCode::MISDIRECTED_REQUEST, why),
         };
-        let response = request::handle(version.clone(), guard, req).await;
+        let response = match limits.max_body {
+            None => request::handle(version.clone(), guard, turn, req).await,
+            Some(max) => {
+                // A body without a declared length is cut off where it
+                // passes the limit; the guest sees a body-size error.
+                let hit = Arc::new(AtomicBool::new(false));
+                let req = req.map(|body| Capped::new(body, max, hit.clone()));
+                let response = request::handle(version.clone(), guard, turn, req).await;
+                if hit.load(Ordering::Relaxed) && response.status().is_server_error() {
+                    self.metrics.rejected(Rejection::BodyTooLarge);
+                    self.too_large(max)
+                } else {
+                    response
+                }
+            }
+        };
         version.counters().record(response.status());
         self.metrics.observe_latency(started.elapsed());
+        response
+    }
+
+    fn too_large(&self, max: u64) -> Response {
+        request::plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {} allows ({max} bytes, --max-body)\n",
+                self.settings.name
+            ),
+        )
+    }
+
+    /// 503 with `Retry-After`, saying which limit was hit.
+    fn busy(&self, refusal: Refusal) -> Response {
+        let limits = self.admission.limits();
+        let why = match refusal {
+            Refusal::Busy => {
+                self.metrics.rejected(Rejection::Busy);
+                format!(
+                    "{} is running its limit of {} requests and {} more are waiting (--max-concurrency, --max-queue); retry shortly\n",
+                    self.settings.name, limits.max_concurrency, limits.max_queue
+                )
+            }
+            Refusal::QueueTimeout => {
+                self.metrics.rejected(Rejection::QueueTimeout);
+                format!(
+                    "{} had no free turn within {:?} (--queue-timeout); retry shortly\n",
+                    self.settings.name, limits.queue_timeout
+                )
+            }
+        };
+        let mut response = request::plain(StatusCode::SERVICE_UNAVAILABLE, why);
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
         response
     }
 

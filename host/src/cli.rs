@@ -14,6 +14,7 @@ use crate::config::{
     parse_size,
 };
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
+use crate::limits::Limits;
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
@@ -125,6 +126,32 @@ struct ServeArgs {
     /// Always wait for optimized code before a version goes live.
     #[arg(long, conflicts_with = "tier_up_above")]
     no_tier_up: bool,
+    /// Requests that may run a guest at once (background work included);
+    /// more wait in a queue.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrency, value_parser = parse_concurrency)]
+    max_concurrency: usize,
+    /// Requests that may wait for a turn; beyond that they get 503 with
+    /// Retry-After at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_queue)]
+    max_queue: usize,
+    /// How long a request may wait for a turn before it gets 503 with
+    /// Retry-After.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    queue_timeout: Duration,
+    /// Largest request body; a larger one gets 413 [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_body: Option<usize>,
+}
+
+/// A concurrency limit: at least 1, and within the instance pool (1000
+/// slots, shared with draining versions and readiness checks).
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=900) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number from 1 to 900 (the instance pool has 1000 slots, shared with draining versions)"
+        )),
+    }
 }
 
 /// Like [`parse_size`], but 0 is allowed.
@@ -283,6 +310,12 @@ async fn run(command: Command) -> Result<ExitCode> {
                 reuse_instances: args.reuse_instances,
                 tier_up_above: args.tier_up_above,
                 no_tier_up: args.no_tier_up,
+                limits: Limits {
+                    max_concurrency: args.max_concurrency,
+                    max_queue: args.max_queue,
+                    queue_timeout: args.queue_timeout,
+                    max_body: args.max_body.map(|n| n as u64),
+                },
             })?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)

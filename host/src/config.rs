@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
 use crate::engine::EngineSettings;
+use crate::limits::Limits;
 use crate::outgoing::OutgoingPolicy;
 use crate::source::SourceCrate;
 use crate::version::VersionSettings;
@@ -81,6 +82,8 @@ pub struct ServeInput {
     pub tier_up_above: Option<usize>,
     /// Always wait for optimized code.
     pub no_tier_up: bool,
+    /// Admission limits.
+    pub limits: Limits,
 }
 
 impl ServeConfig {
@@ -98,6 +101,7 @@ impl ServeConfig {
             ("--drain-timeout", input.drain_timeout),
             ("--ready-timeout", input.ready_timeout),
             ("--request-timeout", input.request_timeout),
+            ("--queue-timeout", input.limits.queue_timeout),
         ] {
             if value.is_zero() {
                 bail!("{name} must be greater than zero");
@@ -130,6 +134,7 @@ impl ServeConfig {
                 name,
                 path,
                 drain_timeout: input.drain_timeout,
+                limits: input.limits,
             },
             listen: input.listen,
             control: input.control.unwrap_or_else(default_control_path),

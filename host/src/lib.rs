@@ -16,6 +16,7 @@ pub mod control;
 pub mod engine;
 pub mod guest_log;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod outgoing;
 pub mod request;

@@ -49,9 +49,35 @@ pub struct AppMetrics {
     drains: AtomicU64,
     drain_ms: AtomicU64,
     forced_ends: AtomicU64,
+    /// Requests turned away by a limit, by [`Rejection`].
+    rejected: [AtomicU64; 3],
+}
+
+/// Why a request was turned away before a guest ran it.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    /// Every turn taken and the queue full.
+    Busy = 0,
+    /// No turn within the queue timeout.
+    QueueTimeout = 1,
+    /// The body was over the limit.
+    BodyTooLarge = 2,
+}
+
+impl Rejection {
+    const ALL: [(Rejection, &'static str); 3] = [
+        (Rejection::Busy, "busy"),
+        (Rejection::QueueTimeout, "queue_timeout"),
+        (Rejection::BodyTooLarge, "body_too_large"),
+    ];
 }
 
 impl AppMetrics {
+    /// Counts a request turned away by a limit.
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// Records how long a request took to get its response head.
     pub fn observe_latency(&self, elapsed: Duration) {
         self.latency.observe(elapsed);
@@ -245,6 +271,23 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
                 out,
                 "wasm_host_reloads_total{{app=\"{app}\",outcome=\"{outcome}\"}} {}",
                 counter.load(Relaxed)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "wasm_host_rejected_total",
+        "counter",
+        "Requests turned away by a limit before a guest ran, by reason.",
+    );
+    for a in apps {
+        let app = escape(a.name);
+        for (why, reason) in Rejection::ALL {
+            let _ = writeln!(
+                out,
+                "wasm_host_rejected_total{{app=\"{app}\",reason=\"{reason}\"}} {}",
+                a.metrics.rejected[why as usize].load(Relaxed)
             );
         }
     }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::Body;
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -34,12 +35,18 @@ enum GuestEnd {
     Forced,
 }
 
-/// Runs `req` on `version`, holding `guard` for as long as the guest runs.
-pub async fn handle(
+/// Runs `req` on `version`, holding `guard` (and `turn`, the app's
+/// admission permit) for as long as the guest runs.
+pub async fn handle<B>(
     version: Arc<Version>,
     guard: WorkGuard,
-    req: hyper::Request<Incoming>,
-) -> Response {
+    turn: OwnedSemaphorePermit,
+    req: hyper::Request<B>,
+) -> Response
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let (mut store, warm_proxy, uses) = match version.take_warm() {
         Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
         None => (version.new_store(), None, 0),
@@ -65,7 +72,7 @@ pub async fn handle(
     let run_version = version.clone();
     let task = tokio::spawn(async move {
         let version = run_version;
-        let _guard = guard;
+        let _held = (guard, turn);
         let run = async {
             let proxy = match warm_proxy {
                 Some(proxy) => proxy,

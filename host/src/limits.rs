@@ -1,0 +1,203 @@
+//! Per-app admission limits: how many requests may run a guest at once, how
+//! many may wait for a turn and for how long, and how large a request body
+//! may be.
+//!
+//! This module decides and meters; it never runs a guest and never picks a
+//! version. A request it refuses gets an answer that says which limit and
+//! which flag, never a pool-exhaustion error from deep inside the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limits of one app.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Requests that may run a guest at once (their background work
+    /// included).
+    pub max_concurrency: usize,
+    /// Requests that may wait for a turn beyond those; more get 503.
+    pub max_queue: usize,
+    /// How long a request may wait in the queue before it gets 503.
+    pub queue_timeout: Duration,
+    /// Largest request body, in bytes; `None` for no limit.
+    pub max_body: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // Below the pooling allocator's 1000 instances, leaving room for
+            // draining versions, readiness checks and drain hooks.
+            max_concurrency: 500,
+            max_queue: 1000,
+            queue_timeout: Duration::from_secs(10),
+            max_body: None,
+        }
+    }
+}
+
+/// Why a request was turned away before it reached a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every turn is taken and the queue is full.
+    Busy,
+    /// It waited in the queue for the whole queue timeout.
+    QueueTimeout,
+}
+
+/// The turns of one app: a semaphore of `max_concurrency` permits and a
+/// bounded count of waiters.
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    limits: Limits,
+}
+
+impl Admission {
+    /// Turns for `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+            waiting: AtomicUsize::new(0),
+            limits,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A turn to run a guest, held until the permit is dropped: at once if
+    /// one is free, else after waiting in the queue (if it has room).
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Busy);
+        }
+        let waited = tokio::time::timeout(
+            self.limits.queue_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Refusal::QueueTimeout),
+        }
+    }
+
+    /// Requests waiting for a turn now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// A request body that fails once more than `max` bytes have passed, and
+/// notes that it did in `hit`, so the host can answer 413 for the guest.
+pub struct Capped<B> {
+    inner: B,
+    max: u64,
+    seen: u64,
+    hit: Arc<AtomicBool>,
+}
+
+impl<B> Capped<B> {
+    /// `inner`, cut off after `max` bytes; `hit` is set when that happens.
+    pub fn new(inner: B, max: u64, hit: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            max,
+            seen: 0,
+            hit,
+        }
+    }
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        this.hit.store(true, Ordering::Relaxed);
+                        let error = wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.seen));
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The declared length of a request body, if the client sent one.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn turns_queue_then_refuse() {
+        let admission = Admission::new(Limits {
+            max_concurrency: 1,
+            max_queue: 1,
+            queue_timeout: Duration::from_millis(50),
+            max_body: None,
+        });
+        let first = admission.admit().await.unwrap();
+        // One may wait (and times out); with the queue taken, the next is
+        // refused at once.
+        let admission = Arc::new(admission);
+        let waiter = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit().await.map(drop) })
+        };
+        while admission.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(admission.admit().await.err(), Some(Refusal::Busy));
+        assert_eq!(waiter.await.unwrap(), Err(Refusal::QueueTimeout));
+        drop(first);
+        assert!(admission.admit().await.is_ok());
+    }
+}
