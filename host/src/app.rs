@@ -29,7 +29,7 @@ use crate::version::{LoadError, State, Version, VersionSettings};
 use crate::work::WorkGuard;
 
 /// Settings of one app, validated by the caller.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppSettings {
     /// Name used in logs and guest output prefixes.
     pub name: String,
@@ -193,30 +193,33 @@ pub struct App {
 }
 
 impl App {
-    /// Loads generation 1 from `settings.path` and starts the change worker
-    /// on `control_plane`, a runtime apart from the one serving requests, so
-    /// a reload under full load does not queue behind request tasks.
-    /// Fails, with the reason, if the first version cannot be loaded.
+    /// Loads generation `first` (1 for a new app; more when an app is
+    /// started again with new settings) from `settings.path` and starts the
+    /// change worker on `control_plane`, a runtime apart from the one
+    /// serving requests, so a reload under full load does not queue behind
+    /// request tasks. Fails, with the reason, if the version cannot load.
     pub async fn start(
         runtime: Runtime,
         settings: AppSettings,
+        first: u64,
         control_plane: &tokio::runtime::Handle,
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path)?;
-        let first =
-            pipeline::load_version(&runtime, &settings, &path, bytes.clone(), digest, 1).await?;
-        first.set_state(State::Live);
-        tracing::info!(app = %settings.name, generation = 1, digest = %digest.short(), "version live");
+        let version =
+            pipeline::load_version(&runtime, &settings, &path, bytes.clone(), digest, first)
+                .await?;
+        version.set_state(State::Live);
+        tracing::info!(app = %settings.name, generation = first, digest = %digest.short(), "version live");
 
         let (asks, rx) = mpsc::unbounded_channel();
-        let first = Arc::new(first);
+        let version = Arc::new(version);
         let app = Arc::new(Self {
-            live: ArcSwap::new(first.clone()),
+            live: ArcSwap::new(version.clone()),
             canary: ArcSwapOption::empty(),
             draining: Arc::default(),
             previous: Mutex::new(None),
-            generations: AtomicU64::new(1),
+            generations: AtomicU64::new(first),
             drains: TaskTracker::new(),
             asks,
             path: watch::Sender::new(path),
@@ -229,7 +232,7 @@ impl App {
             started: Instant::now(),
         });
         control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
-        app.tier_up(&first, bytes);
+        app.tier_up(&version, bytes);
         Ok(app)
     }
 

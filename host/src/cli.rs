@@ -13,7 +13,9 @@ use crate::config::{
     self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_env, parse_host_port,
     parse_size,
 };
+use crate::config_file::{self, Overrides};
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
+use crate::fleet::Applied;
 use crate::limits::Limits;
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 
@@ -60,8 +62,13 @@ struct ServeArgs {
     /// The component to serve (a .wasm exporting wasi:http/incoming-handler),
     /// or the directory of a Rust crate to build with cargo for
     /// wasm32-wasip2, serve, and rebuild on every save.
-    #[arg(value_name = "APP.wasm|DIR")]
-    component: PathBuf,
+    #[arg(value_name = "APP.wasm|DIR", required_unless_present = "config")]
+    component: Option<PathBuf>,
+    /// Serve the apps of a config file (TOML; see the README) instead of
+    /// one app. --control, --admin and the cache flags still apply; the
+    /// per-app flags are set in the file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body"])]
+    config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -180,6 +187,11 @@ impl ControlArgs {
 
 #[derive(Debug, Args)]
 struct ReloadArgs {
+    /// Apply the host's config file again (or FILE): added apps start,
+    /// removed apps drain away, changed apps reload; nothing unchanged is
+    /// touched.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, conflicts_with_all = ["targets", "canary"])]
+    config: Option<Option<PathBuf>>,
     /// `[APP] [APP.wasm]`: the app to reload (may be left out when the host
     /// runs one app) and a new component to load instead of the current
     /// file; later reloads and the file watch follow it.
@@ -293,32 +305,60 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            let config = ServeConfig::new(ServeInput {
-                component: args.component,
-                listen: args.listen,
-                control: args.control,
+            let overrides = Overrides {
+                control: args.control.clone(),
                 admin: args.admin,
-                watch: !args.no_watch,
-                drain_timeout: args.drain_timeout,
-                ready_timeout: args.ready_timeout,
-                request_timeout: args.request_timeout,
-                allow_http: args.allow_http,
-                env: args.env,
-                max_memory: args.max_memory,
-                cache_dir: args.cache_dir,
+                cache_dir: args.cache_dir.clone(),
                 no_cache: args.no_cache,
-                reuse_instances: args.reuse_instances,
-                tier_up_above: args.tier_up_above,
-                no_tier_up: args.no_tier_up,
-                limits: Limits {
-                    max_concurrency: args.max_concurrency,
-                    max_queue: args.max_queue,
-                    queue_timeout: args.queue_timeout,
-                    max_body: args.max_body.map(|n| n as u64),
-                },
-            })?;
-            crate::serve::serve(config).await?;
+            };
+            let config = match (&args.config, args.component) {
+                (Some(file), _) => config_file::load(file, &overrides)?,
+                (None, Some(component)) => ServeConfig::new(ServeInput {
+                    component,
+                    listen: args.listen,
+                    control: args.control,
+                    admin: args.admin,
+                    watch: !args.no_watch,
+                    drain_timeout: args.drain_timeout,
+                    ready_timeout: args.ready_timeout,
+                    request_timeout: args.request_timeout,
+                    allow_http: args.allow_http,
+                    env: args.env,
+                    max_memory: args.max_memory,
+                    cache_dir: args.cache_dir,
+                    no_cache: args.no_cache,
+                    reuse_instances: args.reuse_instances,
+                    tier_up_above: args.tier_up_above,
+                    no_tier_up: args.no_tier_up,
+                    limits: Limits {
+                        max_concurrency: args.max_concurrency,
+                        max_queue: args.max_queue,
+                        queue_timeout: args.queue_timeout,
+                        max_body: args.max_body.map(|n| n as u64),
+                    },
+                })?,
+                (None, None) => anyhow::bail!(
+                    "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"
+                ),
+            };
+            crate::serve::serve(config, overrides).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload(ReloadArgs {
+            config: Some(file),
+            control,
+            ..
+        }) => {
+            let path = match file {
+                Some(p) => Some(
+                    std::path::absolute(&p)
+                        .with_context(|| format!("cannot resolve the path {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let reply =
+                control::send(&control.socket(), &ControlRequest::ApplyConfig { path }).await?;
+            Ok(print_reply(reply, Step::Reload))
         }
         Command::Reload(args) => {
             let (app, path) = args.app_and_path()?;
@@ -393,6 +433,7 @@ fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
             print_status(&report);
             return ExitCode::SUCCESS;
         }
+        ControlReply::Applied(applied) => return print_applied(&applied),
     };
     let digest = &o.digest[..12.min(o.digest.len())];
     let retired = o
@@ -442,6 +483,28 @@ fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
         Step::Status => {}
     }
     ExitCode::SUCCESS
+}
+
+fn print_applied(applied: &Applied) -> ExitCode {
+    for (what, names) in [
+        ("started", &applied.started),
+        ("stopped (draining)", &applied.stopped),
+        ("reloaded", &applied.reloaded),
+        ("restarted with new settings", &applied.restarted),
+        ("unchanged", &applied.unchanged),
+    ] {
+        if !names.is_empty() {
+            println!("{what}: {}", names.join(", "));
+        }
+    }
+    for refusal in &applied.refused {
+        eprintln!("reload refused: {refusal}; that app keeps serving its live version");
+    }
+    if applied.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_status(report: &StatusReport) {

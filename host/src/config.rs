@@ -16,6 +16,7 @@ use crate::app::AppSettings;
 use crate::engine::EngineSettings;
 use crate::limits::Limits;
 use crate::outgoing::OutgoingPolicy;
+use crate::routes::Route;
 use crate::source::SourceCrate;
 use crate::version::VersionSettings;
 
@@ -25,22 +26,33 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Everything `wasm-host serve` needs, checked.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// The one app this host serves.
-    pub app: AppSettings,
-    /// Address of the HTTP listener.
-    pub listen: SocketAddr,
+    /// The apps this host serves, in the order given.
+    pub apps: Vec<AppConfig>,
     /// Path of the control socket.
     pub control: PathBuf,
     /// Address of the admin listener (health, readiness, metrics), if any.
     pub admin: Option<SocketAddr>,
+    /// Settings of the engine.
+    pub engine: EngineSettings,
+    /// The config file this came from, which `reload --config` reads again.
+    pub file: Option<PathBuf>,
+}
+
+/// One app of a host and where it is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppConfig {
+    /// The app itself.
+    pub settings: AppSettings,
+    /// The addresses it is served on.
+    pub listen: Vec<SocketAddr>,
+    /// Which requests on those addresses are its own.
+    pub route: Route,
     /// Whether to reload when the component file changes (or, serving a
     /// crate, rebuild and reload when its sources change).
     pub watch: bool,
     /// The crate the component is built from, when serving a directory;
-    /// `app.path` is then filled in by its first build.
+    /// `settings.path` is then filled in by its first build.
     pub source: Option<SourceCrate>,
-    /// Settings of the engine.
-    pub engine: EngineSettings,
 }
 
 /// Components larger than this go live on quickly compiled code by default.
@@ -121,8 +133,8 @@ impl ServeConfig {
         } else {
             DEFAULT_TIER_UP_ABOVE
         });
-        Ok(Self {
-            app: AppSettings {
+        let app = AppConfig {
+            settings: AppSettings {
                 version: VersionSettings {
                     app: Arc::from(name.as_str()),
                     ready_timeout: input.ready_timeout,
@@ -130,17 +142,24 @@ impl ServeConfig {
                     outgoing: OutgoingPolicy::new(&input.allow_http),
                     reuse: input.reuse_instances.max(1),
                     env: input.env.into(),
+                    dirs: Arc::default(),
+                    max_memory: None,
                 },
                 name,
                 path,
                 drain_timeout: input.drain_timeout,
                 limits: input.limits,
             },
-            listen: input.listen,
-            control: input.control.unwrap_or_else(default_control_path),
-            admin: input.admin,
+            listen: vec![input.listen],
+            route: Route::any(),
             watch: input.watch,
             source,
+        };
+        Ok(Self {
+            apps: vec![app],
+            control: input.control.unwrap_or_else(default_control_path),
+            admin: input.admin,
+            file: None,
             engine: EngineSettings {
                 max_memory: input.max_memory,
                 cache_dir: (!input.no_cache)
@@ -153,7 +172,7 @@ impl ServeConfig {
 }
 
 /// Refuses a missing or non-file component path before anything starts.
-fn check_component_file(path: &Path) -> Result<()> {
+pub(crate) fn check_component_file(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => bail!(

@@ -14,11 +14,14 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, ReloadOutcome};
 use crate::apps::Apps;
+use crate::fleet::Applied;
 use crate::rollout::CanaryPlan;
+use crate::serve::ConfigAsk;
 
 /// A request from a CLI command to the host. `app` names the app; it may
 /// be left out when the host runs only one.
@@ -55,6 +58,12 @@ pub enum ControlRequest {
         #[serde(default)]
         app: Option<String>,
     },
+    /// Read the config file again (or `path`) and apply it.
+    ApplyConfig {
+        /// Another config file to apply, absolute.
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
     /// Report what runs (one app, or all).
     Status {
         /// The app.
@@ -76,6 +85,8 @@ pub enum ControlReply {
     },
     /// What runs now.
     Status(StatusReport),
+    /// What applying a config file did.
+    Applied(Applied),
 }
 
 /// A snapshot of the host and its apps.
@@ -195,8 +206,15 @@ impl ControlSocket {
         })
     }
 
-    /// Answers requests about `apps` until `shutdown` fires.
-    pub async fn serve(self, apps: Arc<Apps>, shutdown: CancellationToken) {
+    /// Answers requests about `apps` until `shutdown` fires; asks to apply
+    /// the config file go to `config` (absent when the host runs no config
+    /// file).
+    pub async fn serve(
+        self,
+        apps: Arc<Apps>,
+        config: Option<mpsc::Sender<ConfigAsk>>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -208,9 +226,9 @@ impl ControlSocket {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let apps = apps.clone();
+            let (apps, config) = (apps.clone(), config.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &apps).await {
+                if let Err(e) = answer(stream, &apps, config.as_ref()).await {
                     tracing::warn!(error = %format!("{e:#}"), "control request failed");
                 }
             });
@@ -225,12 +243,16 @@ impl Drop for ControlSocket {
 }
 
 /// Reads one request from `stream`, acts on it, writes the reply.
-async fn answer(stream: UnixStream, apps: &Apps) -> Result<()> {
+async fn answer(
+    stream: UnixStream,
+    apps: &Apps,
+    config: Option<&mpsc::Sender<ConfigAsk>>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
-        Ok(request) => match act(request, apps).await {
+        Ok(request) => match act(request, apps, config).await {
             Ok(reply) => reply,
             Err(error) => ControlReply::Failed { error },
         },
@@ -245,7 +267,11 @@ async fn answer(stream: UnixStream, apps: &Apps) -> Result<()> {
 }
 
 /// Carries out one request on the app it names.
-async fn act(request: ControlRequest, apps: &Apps) -> Result<ControlReply, String> {
+async fn act(
+    request: ControlRequest,
+    apps: &Apps,
+    config: Option<&mpsc::Sender<ConfigAsk>>,
+) -> Result<ControlReply, String> {
     let changed = |result: Result<ReloadOutcome, crate::app::ReloadError>| {
         result
             .map(ControlReply::Reloaded)
@@ -262,6 +288,20 @@ async fn act(request: ControlRequest, apps: &Apps) -> Result<ControlReply, Strin
         ControlRequest::Promote { app } => changed(apps.find(app.as_deref())?.promote().await),
         ControlRequest::Abort { app } => changed(apps.find(app.as_deref())?.abort().await),
         ControlRequest::Rollback { app } => changed(apps.find(app.as_deref())?.rollback().await),
+        ControlRequest::ApplyConfig { path } => {
+            let config = config.ok_or(
+                "this host serves one app from the command line, not a config file; start it with `wasm-host serve --config FILE` to manage apps by file",
+            )?;
+            let (reply, outcome) = oneshot::channel();
+            config
+                .send(ConfigAsk { path, reply })
+                .await
+                .map_err(|_| "the host is shutting down".to_string())?;
+            let applied = outcome
+                .await
+                .map_err(|_| "the host is shutting down".to_string())??;
+            Ok(ControlReply::Applied(applied))
+        }
         ControlRequest::Status { app } => {
             let chosen = match app {
                 Some(name) => vec![apps.find(Some(&name))?],

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolingAllocationConfig, Strategy,
+    PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder, Strategy,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -341,9 +341,21 @@ pub struct HostState {
     outgoing: OutgoingPolicy,
     generation: u64,
     app: Arc<str>,
+    limits: StoreLimits,
 }
 
 impl HostState {
+    /// Caps each linear memory of this store at `bytes`; the store applies
+    /// it once its limiter points at [`HostState::limits`].
+    pub fn limit_memory(&mut self, bytes: usize) {
+        self.limits = StoreLimitsBuilder::new().memory_size(bytes).build();
+    }
+
+    /// The store's resource limits.
+    pub fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
     /// State for a store of generation `generation` of `app`, whose WASI
     /// context grants what `wasi` grants and whose outgoing HTTP requests
     /// are checked against `outgoing`.
@@ -355,6 +367,7 @@ impl HostState {
             outgoing,
             generation,
             app,
+            limits: StoreLimits::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use http::uri::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// The set of `host:port` authorities a guest may send requests to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutgoingPolicy {
     allowed: Arc<[String]>,
 }

@@ -1,32 +1,41 @@
-//! `wasm-host serve`: puts the parts together for one app and runs until a
-//! shutdown signal, then drains and returns.
+//! `wasm-host serve`: puts the parts together (listeners, apps, triggers,
+//! control socket, admin listener) and runs until a shutdown signal, then
+//! drains and returns. A config reload asked over the control socket is
+//! carried out here, by the fleet.
 //!
-//! Order matters: the listener and the control socket are taken first, so a
-//! busy port or a second host fails before any compile; the first version
-//! must load before the first connection is accepted.
+//! Order matters: the control socket and every listener are taken first, so
+//! a busy port or a second host fails before any compile; every app's first
+//! version must load before the first connection is accepted.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::apps::Apps;
 use crate::config::ServeConfig;
+use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
-use crate::{admin, server, signals, source, watch};
+use crate::fleet::{Applied, Fleet};
+use crate::{admin, signals};
+
+/// An ask to apply the config file again (or another file), with the
+/// channel its outcome goes back on.
+pub struct ConfigAsk {
+    /// The file to read; `None` for the one the host was started with.
+    pub path: Option<PathBuf>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Applied, String>>,
+}
 
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
-pub async fn serve(mut config: ServeConfig) -> Result<()> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}; is another server using it? (pass --listen with another address)",
-            config.listen
-        )
-    })?;
+/// `overrides` are the command-line host settings that win over a config
+/// file's, on every re-read.
+pub async fn serve(config: ServeConfig, overrides: Overrides) -> Result<()> {
     let control = ControlSocket::bind(&config.control)?;
+    let bound = Fleet::bind(&config.apps, &[]).await?;
     let admin = match config.admin {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for --admin; is another server using it?")
@@ -34,27 +43,22 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
         None => None,
     };
     let runtime = Runtime::new(&config.engine)?;
-    let engines = runtime.clone();
     // The control plane (reloads, drains, the control socket) gets a thread
     // of its own: under full load it must not wait behind request tasks.
     let control_plane = ControlPlane::start()?;
-    if let Some(source) = &config.source {
-        tracing::info!(dir = %source.dir().display(), "building the app");
-        config.app.path = source.build(false).await?;
-    }
-
-    let app = App::start(runtime, config.app.clone(), control_plane.handle())
-        .await
-        .context("the app's first version could not be loaded")?;
     let shutdown = CancellationToken::new();
-    signals::spawn(app.clone(), shutdown.clone())?;
-    match (&config.source, config.watch) {
-        (Some(crate_dir), true) => source::spawn(app.clone(), crate_dir.clone(), &config.app.path)?,
-        (None, true) => watch::spawn(app.clone())?,
-        (_, false) => {}
-    }
-    let apps = Arc::new(Apps::new(vec![app.clone()]));
-    let control_task = control_plane.spawn(control.serve(apps.clone(), shutdown.clone()));
+    let mut fleet = Fleet::new(
+        runtime.clone(),
+        control_plane.handle().clone(),
+        shutdown.clone(),
+    );
+    fleet.apply(config.apps.clone(), bound).await?;
+    let apps = fleet.table();
+
+    signals::spawn(apps.clone(), shutdown.clone())?;
+    let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
+    let asks = config.file.is_some().then_some(asks);
+    let control_task = control_plane.spawn(control.serve(apps.clone(), asks, shutdown.clone()));
     // On the control plane too: health checks must answer under full load,
     // and keep answering (not ready) while the host drains.
     let admin_task = match admin {
@@ -66,30 +70,29 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
             Some(control_plane.spawn(admin::serve(
                 listener,
                 apps.clone(),
-                engines,
+                runtime,
                 shutdown.clone(),
             )))
         }
         None => None,
     };
+    tracing::info!(control = %config.control.display(), "control socket ready");
 
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
-    tracing::info!(
-        app = %app.name(),
-        %addr,
-        control = %config.control.display(),
-        "listening on http://{addr}"
-    );
-    server::run(
-        listener,
-        Arc::clone(&app),
-        shutdown.clone(),
-        config.app.drain_timeout,
-    )
-    .await;
-    app.shutdown().await;
+    let mut file = config.file.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ask) = config_asks.recv() => {
+                let path = ask.path.or_else(|| file.clone());
+                let outcome = reapply(&mut fleet, path.clone(), &overrides).await;
+                if outcome.is_ok() {
+                    file = path;
+                }
+                let _ = ask.reply.send(outcome.map_err(|e| format!("{e:#}")));
+            }
+        }
+    }
+    fleet.shutdown().await;
     // Dropping the control socket removes its file.
     control_task.abort();
     let _ = control_task.await;
@@ -99,6 +102,20 @@ pub async fn serve(mut config: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the config file at `path` and makes the fleet run it.
+async fn reapply(
+    fleet: &mut Fleet,
+    path: Option<PathBuf>,
+    overrides: &Overrides,
+) -> Result<Applied> {
+    let path = path.ok_or_else(|| anyhow!("this host was not started with --config"))?;
+    let config = config_file::load(&path, overrides)?;
+    let bound = Fleet::bind(&config.apps, &fleet.addresses()).await?;
+    let applied = fleet.apply(config.apps, bound).await?;
+    tracing::info!(file = %path.display(), ?applied, "config applied");
+    Ok(applied)
 }
 
 /// The runtime of the control plane, on its own thread.

@@ -1,14 +1,17 @@
 //! The accept loop: HTTP/1.1 (keep-alive) and HTTP/2 cleartext on one
-//! listener, each request dispatched to the app's live version at the time
-//! it arrives — so a connection opened before a reload sends its next
-//! request to the new version.
+//! listener, each request dispatched by the listener's route table to an
+//! app, and by the app to its version at the time the request arrives — so
+//! a connection opened before a reload sends its next request to the new
+//! version, and one opened before a config reload to the new app.
 //!
-//! The server knows nothing of reloads; it asks the app per request.
+//! The server knows nothing of reloads; it asks the table and the app per
+//! request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -16,14 +19,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::request::{self, Response};
+use crate::routes::{self, RouteTable};
 
-/// Accepts connections on `listener` and serves them with `app` until
-/// `shutdown` fires; then stops accepting and lets open connections finish
-/// their in-flight requests, for at most `grace`.
+/// Accepts connections on `listener` and serves them with the apps of
+/// `table` until `shutdown` fires; then stops accepting and lets open
+/// connections finish their in-flight requests, for at most `grace`.
 pub async fn run(
     listener: TcpListener,
-    app: Arc<App>,
+    table: Arc<ArcSwap<RouteTable>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -51,10 +55,18 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+        let table = table.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let app = table
+                .load()
+                .pick(routes::request_host(&req), req.uri().path())
+                .cloned();
+            async move {
+                Ok::<_, Infallible>(match app {
+                    Some(app) => app.handle(req).await,
+                    None => no_app(&req),
+                })
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -78,4 +90,14 @@ pub async fn run(
             "connections still open after the drain timeout; closing them"
         );
     }
+}
+
+/// The answer for a request no route of this listener takes.
+fn no_app<B>(req: &hyper::Request<B>) -> Response {
+    let text = format!(
+        "no app on this address serves host {} path {}\n",
+        routes::request_host(req).unwrap_or("(none)"),
+        req.uri().path()
+    );
+    request::plain(http::StatusCode::NOT_FOUND, text)
 }

@@ -10,20 +10,22 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::apps::Apps;
 
-/// Installs the handlers. SIGHUP calls `app.reload`; SIGTERM/SIGINT cancel
-/// `shutdown`.
-pub fn spawn(app: Arc<App>, shutdown: CancellationToken) -> Result<()> {
+/// Installs the handlers. SIGHUP reloads every app from its current path;
+/// SIGTERM/SIGINT cancel `shutdown`.
+pub fn spawn(apps: Arc<Apps>, shutdown: CancellationToken) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!(app = %app.name(), "SIGHUP: reloading");
-            let app = app.clone();
-            // The app logs the outcome; nobody waits for it here.
-            tokio::spawn(async move { app.reload(None).await });
+            for app in apps.all().iter() {
+                tracing::info!(app = %app.name(), "SIGHUP: reloading");
+                let app = app.clone();
+                // The app logs the outcome; nobody waits for it here.
+                tokio::spawn(async move { app.reload(None).await });
+            }
         }
     });
     tokio::spawn(async move {

@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use notify::{Event, RecursiveMode, Watcher};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::watch;
@@ -29,7 +30,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 const TARGET: &str = "wasm32-wasip2";
 
 /// A Rust crate that builds into the app's component.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceCrate {
     dir: PathBuf,
 }
@@ -150,7 +151,12 @@ fn component_of(line: &str, manifest: &Path) -> Option<PathBuf> {
 /// Watches the crate's files and rebuilds and reloads on every save.
 /// `component` is the file the first build made; the directory it was
 /// built into is not watched, or every build would start the next.
-pub fn spawn(app: Arc<App>, source: SourceCrate, component: &Path) -> Result<()> {
+pub fn spawn(
+    app: Arc<App>,
+    source: SourceCrate,
+    component: &Path,
+    stop: CancellationToken,
+) -> Result<()> {
     let (mut watcher, mut events) = watch::watcher()?;
     watcher
         .watch(source.dir(), RecursiveMode::Recursive)
@@ -166,7 +172,10 @@ pub fn spawn(app: Arc<App>, source: SourceCrate, component: &Path) -> Result<()>
     tokio::spawn(async move {
         // Owned by the task: dropping it would end the watch.
         let _watcher = watcher;
-        while let Some(event) = events.recv().await {
+        while let Some(event) = tokio::select! {
+            event = events.recv() => event,
+            _ = stop.cancelled() => None,
+        } {
             if !is_edit(&event, source.dir(), &build_dir) {
                 continue;
             }

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::engine::{HostState, Runtime, Tier};
@@ -142,7 +142,7 @@ impl State {
 }
 
 /// What a version needs to know besides its bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct VersionSettings {
     /// Name of the app, used in guest log prefixes.
     pub app: Arc<str>,
@@ -158,6 +158,10 @@ pub struct VersionSettings {
     /// Environment variables every instance sees (`--env`); nothing else of
     /// the host's environment reaches a guest.
     pub env: Arc<[(String, String)]>,
+    /// Host directories guests may read: (host path, path the guest sees).
+    pub dirs: Arc<[(std::path::PathBuf, String)]>,
+    /// A memory limit per instance below the engine's, if the app has one.
+    pub max_memory: Option<usize>,
 }
 
 /// An instance that served a request cleanly and may serve the next one
@@ -329,11 +333,18 @@ impl Version {
     /// prefixed with this generation, and an epoch deadline that makes the
     /// guest yield at every tick so timeouts and drains can stop it.
     pub(crate) fn new_store(&self) -> Store<HostState> {
-        let wasi = WasiCtxBuilder::new()
-            .stdout(self.log.clone())
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(self.log.clone())
             .stderr(self.log.clone())
-            .envs(&self.settings.env)
-            .build();
+            .envs(&self.settings.env);
+        for (host, guest) in self.settings.dirs.iter() {
+            // Checked at start-up; if the directory went away since, the
+            // guest goes without it rather than the request failing here.
+            if let Err(e) = wasi.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                tracing::warn!(dir = %host.display(), error = %e, "cannot open a directory for the guest");
+            }
+        }
+        let wasi = wasi.build();
         let state = HostState::new(
             wasi,
             self.settings.outgoing.clone(),
@@ -341,6 +352,10 @@ impl Version {
             self.settings.app.clone(),
         );
         let mut store = Store::new(&self.engine, state);
+        if let Some(bytes) = self.settings.max_memory {
+            store.data_mut().limit_memory(bytes);
+            store.limiter(|state| state.limits());
+        }
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store

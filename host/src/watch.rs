@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 
@@ -46,8 +47,8 @@ pub(crate) async fn settle(events: &mut mpsc::UnboundedReceiver<Event>, quiet: D
     }
 }
 
-/// Starts watching the app's component file.
-pub fn spawn(app: Arc<App>) -> Result<()> {
+/// Starts watching the app's component file, until `stop` fires.
+pub fn spawn(app: Arc<App>, stop: CancellationToken) -> Result<()> {
     let (mut watcher, mut events) = watcher()?;
 
     let mut paths = app.path();
@@ -58,6 +59,7 @@ pub fn spawn(app: Arc<App>) -> Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
+                _ = stop.cancelled() => break,
                 changed = paths.changed() => {
                     if changed.is_err() {
                         break;

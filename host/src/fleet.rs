@@ -1,0 +1,333 @@
+//! The apps and listeners one host runs, and how a new config changes them:
+//! added apps start, removed apps drain away, apps whose component path
+//! changed reload, apps whose settings changed start again beside the old
+//! one (which then drains), and nothing unchanged is touched.
+//!
+//! A change that cannot be made whole (a busy address, a new app that does
+//! not load) is refused before any running app or listener is touched. The
+//! fleet starts and stops apps; it never reaches into how an app reloads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::apps::Apps;
+use crate::config::AppConfig;
+use crate::engine::Runtime;
+use crate::routes::RouteTable;
+use crate::{server, source, watch};
+
+/// What applying a config did, app by app.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Apps that were added and started.
+    pub started: Vec<String>,
+    /// Apps removed from the config, now draining away.
+    pub stopped: Vec<String>,
+    /// Apps whose component changed, reloaded.
+    pub reloaded: Vec<String>,
+    /// Apps whose settings changed, started again with them.
+    pub restarted: Vec<String>,
+    /// Apps left as they were.
+    pub unchanged: Vec<String>,
+    /// Apps whose reload was refused (`app: why`); they keep serving.
+    pub refused: Vec<String>,
+}
+
+struct Running {
+    app: Arc<App>,
+    config: AppConfig,
+    /// Ends the app's file watch.
+    watch: CancellationToken,
+}
+
+struct Listening {
+    table: Arc<ArcSwap<RouteTable>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running apps and listeners of a host.
+pub struct Fleet {
+    runtime: Runtime,
+    control_plane: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    apps: Vec<(String, Running)>,
+    listeners: BTreeMap<SocketAddr, Listening>,
+    table: Arc<Apps>,
+    /// Apps draining away after a config change.
+    retiring: TaskTracker,
+}
+
+impl Fleet {
+    /// An empty fleet; `shutdown` stops every listener it will start.
+    pub fn new(
+        runtime: Runtime,
+        control_plane: tokio::runtime::Handle,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            runtime,
+            control_plane,
+            shutdown,
+            apps: Vec::new(),
+            listeners: BTreeMap::new(),
+            table: Arc::new(Apps::new(Vec::new())),
+            retiring: TaskTracker::new(),
+        }
+    }
+
+    /// The apps by name, for the control socket and the admin listener.
+    pub fn table(&self) -> Arc<Apps> {
+        self.table.clone()
+    }
+
+    /// The addresses listened on now.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners.keys().copied().collect()
+    }
+
+    /// Binds every address in `configs` not listened on yet. Done first, so
+    /// a busy port fails before anything compiles.
+    pub async fn bind(
+        configs: &[AppConfig],
+        taken: &[SocketAddr],
+    ) -> Result<HashMap<SocketAddr, TcpListener>> {
+        let mut bound = HashMap::new();
+        for addr in configs.iter().flat_map(|c| &c.listen) {
+            if taken.contains(addr) || bound.contains_key(addr) {
+                continue;
+            }
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen on {addr}; is another server using it? (choose another address)"
+                )
+            })?;
+            bound.insert(*addr, listener);
+        }
+        Ok(bound)
+    }
+
+    /// Makes the fleet run `configs`, on listeners from `bound` (see
+    /// [`Fleet::bind`]) for addresses not listened on yet.
+    pub async fn apply(
+        &mut self,
+        configs: Vec<AppConfig>,
+        mut bound: HashMap<SocketAddr, TcpListener>,
+    ) -> Result<Applied> {
+        let mut applied = Applied::default();
+        // Start what is new or changed first; until all of it loads,
+        // nothing running is touched.
+        let mut fresh: HashMap<String, Running> = HashMap::new();
+        for config in &configs {
+            let name = &config.settings.name;
+            let old = self.running(name);
+            let first = match old {
+                Some(old) if same_except_path(&old.config, config) => continue,
+                Some(old) => old.app.live().generation() + 1,
+                None => 1,
+            };
+            match self.start(config.clone(), first).await {
+                Ok(running) => {
+                    fresh.insert(name.clone(), running);
+                }
+                Err(e) => {
+                    for (_, started) in fresh {
+                        started.app.shutdown().await;
+                    }
+                    return Err(e.context(format!("app `{name}` could not start; nothing changed")));
+                }
+            }
+        }
+
+        let mut next = Vec::new();
+        let mut reloads = Vec::new();
+        let mut old_apps = std::mem::take(&mut self.apps);
+        for mut config in configs {
+            let name = config.settings.name.clone();
+            let old = old_apps
+                .iter()
+                .position(|(n, _)| *n == name)
+                .map(|i| old_apps.remove(i).1);
+            match (fresh.remove(&name), old) {
+                (Some(running), Some(old)) => {
+                    self.retire(old);
+                    applied.restarted.push(name.clone());
+                    next.push((name, running));
+                }
+                (Some(running), None) => {
+                    applied.started.push(name.clone());
+                    next.push((name, running));
+                }
+                (None, Some(mut old)) => {
+                    keep_built_path(&old.config, &mut config);
+                    if old.config == config {
+                        applied.unchanged.push(name.clone());
+                    } else {
+                        reloads.push((old.app.clone(), config.settings.path.clone()));
+                        old.config = config;
+                    }
+                    next.push((name, old));
+                }
+                (None, None) => {}
+            }
+        }
+        for (name, old) in old_apps {
+            applied.stopped.push(name);
+            self.retire(old);
+        }
+        self.apps = next;
+        self.route(&mut bound);
+        self.table
+            .set(self.apps.iter().map(|(_, r)| r.app.clone()).collect());
+
+        for (app, path) in reloads {
+            match app.reload(Some(path)).await {
+                Ok(_) => applied.reloaded.push(app.name().to_string()),
+                Err(e) => applied.refused.push(format!("{}: {e}", app.name())),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Drains every app and stops every listener; returns when all work
+    /// has ended.
+    pub async fn shutdown(&mut self) {
+        for (_, listening) in std::mem::take(&mut self.listeners) {
+            listening.stop.cancel();
+            let _ = listening.task.await;
+        }
+        for (_, running) in std::mem::take(&mut self.apps) {
+            running.watch.cancel();
+            running.app.shutdown().await;
+        }
+        self.retiring.close();
+        self.retiring.wait().await;
+    }
+
+    fn running(&self, name: &str) -> Option<&Running> {
+        self.apps.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    /// Builds (for a crate) and loads one app, and starts its watch.
+    async fn start(&self, mut config: AppConfig, first: u64) -> Result<Running> {
+        if let Some(source) = &config.source {
+            tracing::info!(app = %config.settings.name, dir = %source.dir().display(), "building the app");
+            config.settings.path = source.build(false).await?;
+        }
+        let app = App::start(
+            self.runtime.clone(),
+            config.settings.clone(),
+            first,
+            &self.control_plane,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+        .context("its first version could not be loaded")?;
+        let stop = CancellationToken::new();
+        match (&config.source, config.watch) {
+            (Some(crate_dir), true) => source::spawn(
+                app.clone(),
+                crate_dir.clone(),
+                &config.settings.path,
+                stop.clone(),
+            )?,
+            (None, true) => watch::spawn(app.clone(), stop.clone())?,
+            (_, false) => {}
+        }
+        Ok(Running {
+            app,
+            config,
+            watch: stop,
+        })
+    }
+
+    /// Ends an app's watch and drains it away in the background.
+    fn retire(&self, old: Running) {
+        old.watch.cancel();
+        tracing::info!(app = %old.app.name(), "app leaving: draining its versions");
+        self.retiring.spawn(async move { old.app.shutdown().await });
+    }
+
+    /// Gives every address its table of apps: swaps tables in on running
+    /// listeners, starts listeners from `bound` for new addresses, and
+    /// stops listeners no app uses any more.
+    fn route(&mut self, bound: &mut HashMap<SocketAddr, TcpListener>) {
+        let mut tables: BTreeMap<SocketAddr, Vec<_>> = BTreeMap::new();
+        let mut grace: BTreeMap<SocketAddr, Duration> = BTreeMap::new();
+        for (_, running) in &self.apps {
+            for addr in &running.config.listen {
+                tables
+                    .entry(*addr)
+                    .or_default()
+                    .push((running.config.route.clone(), running.app.clone()));
+                let g = grace.entry(*addr).or_default();
+                *g = (*g).max(running.config.settings.drain_timeout);
+            }
+        }
+        let unused: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|a| !tables.contains_key(a))
+            .copied()
+            .collect();
+        for addr in unused {
+            if let Some(listening) = self.listeners.remove(&addr) {
+                tracing::info!(%addr, "no app uses this address any more: closing it");
+                listening.stop.cancel();
+                self.retiring.spawn(async move {
+                    let _ = listening.task.await;
+                });
+            }
+        }
+        for (addr, entries) in tables {
+            let table = RouteTable::new(entries);
+            if let Some(listening) = self.listeners.get(&addr) {
+                listening.table.store(Arc::new(table));
+                continue;
+            }
+            let Some(listener) = bound.remove(&addr) else {
+                tracing::warn!(%addr, "address was not bound; its apps are not reachable there");
+                continue;
+            };
+            let table = Arc::new(ArcSwap::from_pointee(table));
+            let stop = self.shutdown.child_token();
+            let names: Vec<String> = table.load().apps().map(|a| a.name().to_string()).collect();
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(apps = %names.join(","), "listening on http://{local}");
+            let task = tokio::spawn(server::run(
+                listener,
+                table.clone(),
+                stop.clone(),
+                grace.get(&addr).copied().unwrap_or_default(),
+            ));
+            self.listeners.insert(addr, Listening { table, stop, task });
+        }
+    }
+}
+
+/// Whether two configs of an app differ at most in the component path, so
+/// a reload (not a restart) brings the app up to date.
+fn same_except_path(old: &AppConfig, new: &AppConfig) -> bool {
+    let mut new = new.clone();
+    new.settings.path = old.settings.path.clone();
+    *old == new
+}
+
+/// An app built from the same crate keeps the path of its last build: the
+/// config names the crate, the app runs what was built from it.
+fn keep_built_path(old: &AppConfig, new: &mut AppConfig) {
+    if new.source.is_some() && new.source == old.source {
+        new.settings.path = old.settings.path.clone();
+    }
+}
