@@ -100,14 +100,35 @@ impl Host {
         env: &[(&str, &Path)],
         dir: tempfile::TempDir,
     ) -> Host {
+        let mut serve: Vec<std::ffi::OsString> = vec![component.into()];
+        serve.extend(["--listen", "127.0.0.1:0"].map(Into::into));
+        serve.extend(args.iter().map(Into::into));
+        Self::spawn(&serve, control, env, dir)
+    }
+
+    /// Starts `wasm-host serve --config FILE` plus `args` with a private
+    /// control socket and cache; waits until a listener is up.
+    pub fn start_config(file: &Path, args: &[&str]) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("control.sock");
+        let mut serve: Vec<std::ffi::OsString> = vec!["--config".into(), file.into()];
+        serve.extend(args.iter().map(Into::into));
+        Self::spawn(&serve, &control, &[], dir)
+    }
+
+    fn spawn(
+        serve: &[std::ffi::OsString],
+        control: &Path,
+        env: &[(&str, &Path)],
+        dir: tempfile::TempDir,
+    ) -> Host {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .arg(component)
-            .args(["--listen", "127.0.0.1:0", "--control"])
+            .args(serve)
+            .arg("--control")
             .arg(control)
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
-            .args(args)
             .env("WASM_HOST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -410,10 +431,11 @@ pub async fn send_with(
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr);
+    let request = hyper::Request::builder().method(method).uri(path);
+    let request = match headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        true => request,
+        false => request.header(hyper::header::HOST, addr),
+    };
     let request = headers
         .iter()
         .fold(request, |r, (name, value)| r.header(*name, *value))

@@ -1,0 +1,261 @@
+//! Many apps in one host through the real binary: a config file with apps
+//! on their own listener and routed by host and path on a shared one,
+//! errors reported with line numbers before anything starts, and
+//! `reload --config` starting, stopping, reloading and restarting apps
+//! while leaving the rest alone.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{BIN, Host, get, send_with, write_version};
+
+/// A loopback address with a port free right now.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The body of `GET path` with `Host: host`, which must be a 200.
+async fn body_at(addr: &str, host: &str, path: &str) -> String {
+    let reply = send_with(addr, "GET", path, &[("host", host)], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+fn generation_of(host: &Host, app: &str) -> u64 {
+    let status = host.status_json();
+    let apps = status["apps"].as_array().unwrap();
+    let entry = apps.iter().find(|a| a["app"] == app).unwrap();
+    entry["versions"][0]["generation"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_share_a_listener_by_host_and_path_or_have_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(&dir.path().join("site.wasm"), "hello", "site");
+    write_version(&dir.path().join("blog.wasm"), "hello", "blog");
+    write_version(&dir.path().join("api.wasm"), "api", "v1");
+    write_version(&dir.path().join("slow.wasm"), "slow", "v1");
+    write_version(&dir.path().join("faulty.wasm"), "faulty", "v1");
+    let (shared, own) = (free_addr(), free_addr());
+    let file = dir.path().join("wasm-host.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+listen = "{shared}"
+
+[app.site]
+component = "site.wasm"
+watch = false
+
+[app.blog]
+component = "blog.wasm"
+hosts = ["blog.test", "*.blog.test"]
+watch = false
+
+[app.api]
+component = "api.wasm"
+path = "/users"
+max_body = "1KiB"
+watch = false
+
+[app.faulty]
+component = "faulty.wasm"
+hosts = ["faulty.test"]
+max_memory = "32MiB"
+watch = false
+
+[app.slow]
+component = "slow.wasm"
+listen = "{own}"
+watch = false
+"#
+        ),
+    )
+    .unwrap();
+    let host = Host::start_config(&file, &[]);
+    host.wait_log(
+        &format!("listening on http://{own}"),
+        Duration::from_secs(60),
+    );
+
+    assert_eq!(body_at(&shared, "x.test", "/").await, "hello from site\n");
+    assert_eq!(
+        body_at(&shared, "blog.test", "/").await,
+        "hello from blog\n"
+    );
+    assert_eq!(
+        body_at(&shared, "eu.blog.test:80", "/any").await,
+        "hello from blog\n"
+    );
+    assert_eq!(body_at(&shared, "x.test", "/users/7").await, "user 7\n");
+    assert_eq!(
+        body_at(&own, "x.test", "/?ms=0").await,
+        "slow v1 after 0 ms\n"
+    );
+    // Per-app limits apply to their app only.
+    let big = send_with(&shared, "POST", "/users/7", &[], vec![b'x'; 4096])
+        .await
+        .unwrap();
+    assert_eq!(big.status, 413, "{big:?}");
+    // So do memory limits: below the engine's, enforced per store.
+    let oom = send_with(
+        &shared,
+        "GET",
+        "/oom",
+        &[("host", "faulty.test")],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(oom.status, 500, "{oom:?}");
+    assert_eq!(body_at(&shared, "faulty.test", "/").await, "faulty v1\n");
+    assert_eq!(body_at(&shared, "x.test", "/").await, "hello from site\n");
+
+    let status = host.status_json();
+    let names: Vec<_> = status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["app"].clone())
+        .collect();
+    assert_eq!(names, ["site", "blog", "api", "faulty", "slow"]);
+
+    // With several apps, a command must name one.
+    let out = host.ctl(&["reload"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name the one you mean"),
+        "{out:?}"
+    );
+    write_version(&dir.path().join("api2.wasm"), "api", "v2");
+    let said = host.ctl_ok(&[
+        "reload",
+        "api",
+        dir.path().join("api2.wasm").to_str().unwrap(),
+    ]);
+    assert!(said.contains("generation 2 is live"), "{said}");
+    assert_eq!(generation_of(&host, "site"), 1);
+    assert_eq!(generation_of(&host, "api"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_config_starts_stops_reloads_and_leaves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, version) in [
+        ("a1", "a1"),
+        ("a2", "a2"),
+        ("b", "b"),
+        ("c", "c"),
+        ("d", "d"),
+    ] {
+        write_version(&dir.path().join(format!("{file}.wasm")), "hello", version);
+    }
+    let (p1, p2, p3) = (free_addr(), free_addr(), free_addr());
+    let file = dir.path().join("wasm-host.toml");
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    let app = |name: &str, wasm: &str, listen: &str, extra: &str| {
+        format!(
+            "[app.{name}]\ncomponent = \"{wasm}.wasm\"\nlisten = \"{listen}\"\nwatch = false\n{extra}\n"
+        )
+    };
+    write(app("a", "a1", &p1, "") + &app("b", "b", &p2, "") + &app("d", "d", &p1, "path = \"/d\""));
+    let host = Host::start_config(&file, &[]);
+    host.wait_log(
+        &format!("listening on http://{p2}"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(body_at(&p2, "x", "/").await, "hello from b\n");
+
+    // a: new component; b: removed; c: added on a new address; d: as it was.
+    write(app("a", "a2", &p1, "") + &app("c", "c", &p3, "") + &app("d", "d", &p1, "path = \"/d\""));
+    let said = host.ctl_ok(&["reload", "--config"]);
+    for line in [
+        "started: c",
+        "stopped (draining): b",
+        "reloaded: a",
+        "unchanged: d",
+    ] {
+        assert!(said.contains(line), "{line:?} missing from:\n{said}");
+    }
+    assert_eq!(body_at(&p1, "x", "/").await, "hello from a2\n");
+    assert_eq!(body_at(&p3, "x", "/").await, "hello from c\n");
+    assert_eq!(body_at(&p1, "x", "/d").await, "hello from d\n");
+    assert_eq!(generation_of(&host, "a"), 2);
+    assert_eq!(generation_of(&host, "d"), 1);
+    host.wait_log("closing it", Duration::from_secs(10));
+    let mut closed = false;
+    for _ in 0..50 {
+        if get(&p2, "/").await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the removed app's address still answers");
+
+    // A changed setting starts the app again, its generations carried on.
+    write(
+        app("a", "a2", &p1, "max_body = \"1KiB\"")
+            + &app("c", "c", &p3, "")
+            + &app("d", "d", &p1, "path = \"/d\""),
+    );
+    let said = host.ctl_ok(&["reload", "--config"]);
+    assert!(said.contains("restarted with new settings: a"), "{said}");
+    assert_eq!(generation_of(&host, "a"), 3);
+    assert_eq!(body_at(&p1, "x", "/").await, "hello from a2\n");
+
+    // A broken file changes nothing and says where it is broken.
+    std::fs::write(&file, "[app.a]\ncomponent = \"a2.wasm\"\nlisten = 7\n").unwrap();
+    let out = host.ctl(&["reload", "--config"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wasm-host.toml:3:"), "{stderr}");
+    assert_eq!(body_at(&p3, "x", "/").await, "hello from c\n");
+}
+
+#[test]
+fn a_bad_config_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(&dir.path().join("ok.wasm"), "hello", "v1");
+    let file = dir.path().join("wasm-host.toml");
+    std::fs::write(
+        &file,
+        "[app.one]\ncomponent = \"ok.wasm\"\n\n[app.two]\ncomponent = \"gone.wasm\"\nmax_memory = \"lots\"\n",
+    )
+    .unwrap();
+    let out = run_serve(&file, dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wasm-host.toml:5: "), "{stderr}");
+    assert!(stderr.contains("gone.wasm does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("wasm-host.toml:6: `lots` has an unknown unit"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+
+    std::fs::write(&file, "[app.one]\ncomponent = \"ok.wasm\"\nlisen = \"x\"\n").unwrap();
+    let stderr = String::from_utf8_lossy(&run_serve(&file, dir.path()).stderr).into_owned();
+    assert!(
+        stderr.contains("wasm-host.toml:3: unknown field `lisen`"),
+        "{stderr}"
+    );
+}
+
+/// `wasm-host serve --config file`, expected to exit by itself.
+fn run_serve(file: &Path, dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(file)
+        .arg("--control")
+        .arg(dir.join("control.sock"))
+        .output()
+        .unwrap()
+}
