@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::activation::Inherited;
 use crate::config::{
     self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_env, parse_host_port,
     parse_size,
@@ -283,6 +284,8 @@ struct StatusArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Before any thread starts: this reads and clears the environment.
+    let inherited = Inherited::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -293,7 +296,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, inherited)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -302,7 +305,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<ExitCode> {
+async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let overrides = Overrides {
@@ -341,7 +344,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"
                 ),
             };
-            crate::serve::serve(config, overrides).await?;
+            crate::serve::serve(config, overrides, inherited).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload(ReloadArgs {

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::Inherited;
 use crate::app::App;
 use crate::apps::Apps;
 use crate::config::AppConfig;
@@ -97,15 +98,27 @@ impl Fleet {
         self.listeners.keys().copied().collect()
     }
 
-    /// Binds every address in `configs` not listened on yet. Done first, so
-    /// a busy port fails before anything compiles.
+    /// Binds every address in `configs` not listened on yet, or takes it
+    /// from the sockets the parent passed in. Done first, so a busy port
+    /// fails before anything compiles.
     pub async fn bind(
         configs: &[AppConfig],
         taken: &[SocketAddr],
+        inherited: &mut Inherited,
     ) -> Result<HashMap<SocketAddr, TcpListener>> {
         let mut bound = HashMap::new();
-        for addr in configs.iter().flat_map(|c| &c.listen) {
-            if taken.contains(addr) || bound.contains_key(addr) {
+        let mut wanted: Vec<SocketAddr> = configs.iter().flat_map(|c| c.listen.clone()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let only = wanted.len() == 1;
+        for addr in &wanted {
+            if taken.contains(addr) {
+                continue;
+            }
+            if let Some(listener) = inherited.take(*addr, only) {
+                let listener = TcpListener::from_std(listener)
+                    .with_context(|| format!("cannot use the passed socket for {addr}"))?;
+                bound.insert(*addr, listener);
                 continue;
             }
             let listener = TcpListener::bind(addr).await.with_context(|| {

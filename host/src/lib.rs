@@ -7,6 +7,7 @@
 //! the [`server`] dispatches requests to the app's live [`version::Version`],
 //! and versions run on the process-wide [`engine::Runtime`].
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod apps;

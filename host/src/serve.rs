@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::Inherited;
 use crate::config::ServeConfig;
 use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
@@ -33,9 +34,17 @@ pub struct ConfigAsk {
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
 /// `overrides` are the command-line host settings that win over a config
 /// file's, on every re-read.
-pub async fn serve(config: ServeConfig, overrides: Overrides) -> Result<()> {
+/// `inherited` holds the listening sockets the parent passed in, if any.
+pub async fn serve(
+    config: ServeConfig,
+    overrides: Overrides,
+    mut inherited: Inherited,
+) -> Result<()> {
     let control = ControlSocket::bind(&config.control)?;
-    let bound = Fleet::bind(&config.apps, &[]).await?;
+    let bound = Fleet::bind(&config.apps, &[], &mut inherited).await?;
+    for addr in inherited.unused() {
+        tracing::warn!(%addr, "a passed socket matches no app's listen address; it stays unused");
+    }
     let admin = match config.admin {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for --admin; is another server using it?")
@@ -84,7 +93,7 @@ pub async fn serve(config: ServeConfig, overrides: Overrides) -> Result<()> {
             _ = shutdown.cancelled() => break,
             Some(ask) = config_asks.recv() => {
                 let path = ask.path.or_else(|| file.clone());
-                let outcome = reapply(&mut fleet, path.clone(), &overrides).await;
+                let outcome = reapply(&mut fleet, path.clone(), &overrides, &mut inherited).await;
                 if outcome.is_ok() {
                     file = path;
                 }
@@ -109,10 +118,11 @@ async fn reapply(
     fleet: &mut Fleet,
     path: Option<PathBuf>,
     overrides: &Overrides,
+    inherited: &mut Inherited,
 ) -> Result<Applied> {
     let path = path.ok_or_else(|| anyhow!("this host was not started with --config"))?;
     let config = config_file::load(&path, overrides)?;
-    let bound = Fleet::bind(&config.apps, &fleet.addresses()).await?;
+    let bound = Fleet::bind(&config.apps, &fleet.addresses(), inherited).await?;
     let applied = fleet.apply(config.apps, bound).await?;
     tracing::info!(file = %path.display(), ?applied, "config applied");
     Ok(applied)
