@@ -20,10 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn activated(app: &std::path::Path, socket: &TcpListener, dir: &std::path::Path, n: u32) -> Child {
     let fd = socket.as_raw_fd();
     let script = format!(
-        "LISTEN_FDS=1 LISTEN_PID=$$ exec '{BIN}' serve '{}' --no-watch --control '{}' --cache-dir '{}'",
+        "LISTEN_FDS=1 LISTEN_PID=$$ exec '{BIN}' serve '{}' --no-watch --control '{}' --cache-dir '{}' --log-dir '{}'",
         app.display(),
         dir.join(format!("control-{n}.sock")).display(),
-        dir.join("cache").display()
+        dir.join("cache").display(),
+        dir.join("logs").display()
     );
     let mut command = Command::new("sh");
     command

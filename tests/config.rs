@@ -256,6 +256,8 @@ fn run_serve(file: &Path, dir: &Path) -> std::process::Output {
         .arg(file)
         .arg("--control")
         .arg(dir.join("control.sock"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
         .output()
         .unwrap()
 }

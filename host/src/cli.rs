@@ -18,6 +18,7 @@ use crate::config_file::{self, Overrides};
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 use crate::fleet::Applied;
 use crate::limits::Limits;
+use crate::logfile::{self, LogSettings};
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
@@ -53,6 +54,12 @@ enum Command {
     /// Bring back the version the last reload or promote replaced, from
     /// its kept compiled code (no recompile); it runs as a new generation.
     Rollback(AppArgs),
+    /// Print the log of one app (or all): guest output and host events,
+    /// with time and generation; -f keeps following.
+    #[command(
+        after_help = "Examples:\n  wasm-host logs\n  wasm-host logs shop -f\n  wasm-host logs -n 200"
+    )]
+    Logs(LogsArgs),
     /// Show what a running host runs: versions by state, requests, memory.
     #[command(after_help = "Examples:\n  wasm-host status\n  wasm-host status shop --json")]
     Status(StatusArgs),
@@ -149,6 +156,31 @@ struct ServeArgs {
     /// Largest request body; a larger one gets 413 [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_body: Option<usize>,
+    /// Directory of the per-app log files (APP.log, rotated by size)
+    /// [default: $XDG_STATE_HOME/wasm-host/logs, else ~/.local/state/wasm-host/logs].
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Rotate an app's log file when it reaches SIZE.
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
+    log_max_size: usize,
+    /// Rotated log files kept per app.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    log_keep: u32,
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// Only this app.
+    #[arg(value_name = "APP")]
+    app: Option<String>,
+    /// Keep printing lines as they are written.
+    #[arg(short, long)]
+    follow: bool,
+    /// Lines to print from the end of each file first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    lines: usize,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 /// A concurrency limit: at least 1, and within the instance pool (1000
@@ -308,6 +340,17 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
+            let logs = LogSettings {
+                dir: args.log_dir.clone().unwrap_or_else(config::default_log_dir),
+                max_bytes: args.log_max_size as u64,
+                keep: args.log_keep,
+            };
+            logfile::init(logs.clone()).with_context(|| {
+                format!(
+                    "cannot create the log directory {}; pass --log-dir with a writable one",
+                    logs.dir.display()
+                )
+            })?;
             let overrides = Overrides {
                 control: args.control.clone(),
                 admin: args.admin,
@@ -392,6 +435,24 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
             let request = ControlRequest::Rollback { app: args.app };
             let reply = control::send(&args.control.socket(), &request).await?;
             Ok(print_reply(reply, Step::Rollback))
+        }
+        Command::Logs(args) => {
+            let request = ControlRequest::Status { app: args.app };
+            let report = match control::send(&args.control.socket(), &request).await? {
+                ControlReply::Status(report) => report,
+                other => return Ok(print_reply(other, Step::Status)),
+            };
+            let dir = report
+                .host
+                .log_dir
+                .context("the running host keeps no log files")?;
+            let files = report
+                .apps
+                .iter()
+                .map(|a| (a.app.clone(), logfile::path_in(&dir, &a.app)))
+                .collect();
+            crate::tail::run(files, args.lines, args.follow).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
             let request = ControlRequest::Status { app: args.app };
@@ -550,13 +611,18 @@ fn print_status(report: &StatusReport) {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt};
     let filter =
         EnvFilter::try_from_env("WASM_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+        .with_target(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(logfile::AppEvents)
         .init();
 }

@@ -213,6 +213,21 @@ pub fn default_cache_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/wasm-host-cache-{uid}"))
 }
 
+/// Where per-app log files go when `--log-dir` is not given:
+/// `$XDG_STATE_HOME/wasm-host/logs`, else `$HOME/.local/state/wasm-host/logs`,
+/// else `/tmp/wasm-host-logs-$UID`.
+pub fn default_log_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("wasm-host/logs");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".local/state/wasm-host/logs");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    PathBuf::from(format!("/tmp/wasm-host-logs-{uid}"))
+}
+
 /// Parses a duration such as `30s`, `500ms` or `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)

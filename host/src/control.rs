@@ -105,6 +105,9 @@ pub struct HostStatus {
     pub pid: u32,
     /// Resident memory of the whole process, bytes.
     pub rss_bytes: u64,
+    /// Where the per-app log files are, if kept.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
 }
 
 /// A snapshot of one app.
@@ -311,6 +314,7 @@ async fn act(
                 host: HostStatus {
                     pid: std::process::id(),
                     rss_bytes: resident_bytes(),
+                    log_dir: crate::logfile::dir(),
                 },
                 apps: chosen.iter().map(|app| status(app)).collect(),
             }))

@@ -1,5 +1,6 @@
 //! Guest stdout and stderr, forwarded to the host's stderr one line at a
-//! time with a prefix naming the app and generation (`[hello#3] …`).
+//! time with a prefix naming the app and generation (`[hello#3] …`), and
+//! copied into the app's log file when files are kept.
 //!
 //! Lines from concurrent requests never interleave mid-line: each complete
 //! line is written with a single locked write.
@@ -8,6 +9,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::logfile::{self, AppLog};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -18,6 +21,7 @@ const MAX_PENDING: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct GuestLog {
     prefix: Arc<str>,
+    file: Option<Arc<AppLog>>,
 }
 
 impl GuestLog {
@@ -25,6 +29,7 @@ impl GuestLog {
     pub fn new(app: &str, generation: u64) -> Self {
         Self {
             prefix: format!("[{app}#{generation}] ").into(),
+            file: logfile::for_app(app),
         }
     }
 }
@@ -39,6 +44,7 @@ impl StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LineWriter {
             prefix: self.prefix.clone(),
+            file: self.file.clone(),
             pending: BytesMut::new(),
         })
     }
@@ -52,6 +58,7 @@ impl StdoutStream for GuestLog {
 /// Splits guest output into lines and writes each with the prefix.
 struct LineWriter {
     prefix: Arc<str>,
+    file: Option<Arc<AppLog>>,
     pending: BytesMut,
 }
 
@@ -65,6 +72,9 @@ impl LineWriter {
         }
         // The host's stderr going away must not fail the guest.
         let _ = std::io::stderr().lock().write_all(&out);
+        if let Some(file) = &self.file {
+            file.line(&out);
+        }
     }
 }
 

@@ -129,6 +129,8 @@ impl Host {
             .arg(control)
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
             .env("WASM_HOST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -285,6 +287,11 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The directory of the host's per-app log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self._dir.path().join("logs")
     }
 
     /// `http://ADDR{path}`.
