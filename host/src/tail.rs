@@ -49,7 +49,10 @@ pub async fn run(files: Vec<(String, PathBuf)>, lines: usize, follow: bool) -> R
             partial: String::new(),
         });
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(POLL).await;
         for file in &mut followed {
             for line in file.read_new() {
@@ -57,7 +60,6 @@ pub async fn run(files: Vec<(String, PathBuf)>, lines: usize, follow: bool) -> R
             }
         }
     }
-    Ok(())
 }
 
 impl Followed {
