@@ -31,6 +31,11 @@ use crate::version::VersionSettings;
 /// Per-instance memory when an app names none.
 const DEFAULT_MAX_MEMORY: usize = 512 << 20;
 
+/// Requests all apps together may run at once: the instance pool has 1000
+/// slots, and readiness checks, drain hooks and idle reused instances need
+/// some beyond the requests'.
+const POOL_BUDGET: usize = 900;
+
 /// Host settings given on the command line, which win over the file's.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -142,13 +147,18 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
             "no apps: add an `[app.NAME]` table with a `component`".into(),
         );
     }
+    // Apps that name no limit share the pool's budget evenly.
+    let fair_share =
+        (POOL_BUDGET / entries.len().max(1)).clamp(1, Limits::default().max_concurrency);
     let mut apps = Vec::new();
     for (name, app) in entries {
-        if let Some(config) = app_config(name, app, base, default_listen, &mut problems) {
+        let defaults = (default_listen, fair_share);
+        if let Some(config) = app_config(name, app, base, defaults, &mut problems) {
             apps.push((app.span().start, config));
         }
     }
     check_routes(&apps, &mut problems);
+    check_pool(&apps, &mut problems);
     if !problems.found.is_empty() {
         bail!(
             "{} has {} problem(s); nothing was started:\n{}",
@@ -199,7 +209,7 @@ fn app_config(
     name: &str,
     spanned: &Spanned<AppSpec>,
     base: &Path,
-    default_listen: Option<SocketAddr>,
+    (default_listen, fair_share): (Option<SocketAddr>, usize),
     problems: &mut Problems<'_>,
 ) -> Option<AppConfig> {
     let before = problems.found.len();
@@ -304,7 +314,7 @@ fn app_config(
             1..=900 => Ok(n as usize),
             _ => Err("must be from 1 to 900 (the instance pool has 1000 slots)".into()),
         }),
-        None => Some(defaults.max_concurrency),
+        None => Some(fair_share),
     };
     let reuse = match &app.reuse_instances {
         Some(n) => problems.check(n, |&n| match n {
@@ -364,6 +374,24 @@ fn check_routes(apps: &[(usize, AppConfig)], problems: &mut Problems<'_>) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// All apps together must fit the instance pool, so a busy host answers
+/// 503 from a queue rather than failing instantiations.
+fn check_pool(apps: &[(usize, AppConfig)], problems: &mut Problems<'_>) {
+    let mut total = 0;
+    for (at, app) in apps {
+        total += app.settings.limits.max_concurrency;
+        if total > POOL_BUDGET {
+            problems.at(
+                *at,
+                format!(
+                    "the apps' max_concurrency adds up to {total} here, more than the {POOL_BUDGET} requests the instance pool runs at once; lower some"
+                ),
+            );
+            return;
         }
     }
 }
@@ -456,6 +484,8 @@ watch = false
         assert_eq!(config.engine.max_memory, DEFAULT_MAX_MEMORY);
         assert!(!config.apps[1].watch);
         assert_eq!(config.apps[1].route.path, "/blog");
+        // An app naming no limit gets a share of the pool.
+        assert_eq!(config.apps[1].settings.limits.max_concurrency, 450);
     }
 
     #[test]
@@ -487,6 +517,17 @@ component = "a.wasm"
         assert!(err.contains("wasm-host.toml:7: listen `nowhere`"), "{err}");
         assert!(
             err.contains("wasm-host.toml:9: app `three` takes the same requests"),
+            "{err}"
+        );
+
+        let err = parse_in(
+            dir.path(),
+            "[app.a]\ncomponent = \"a.wasm\"\nmax_concurrency = 600\n[app.b]\ncomponent = \"a.wasm\"\npath = \"/b\"\nmax_concurrency = 400\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("wasm-host.toml:4: the apps' max_concurrency adds up to 1000"),
             "{err}"
         );
     }
