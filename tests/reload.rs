@@ -470,6 +470,10 @@ async fn versions_go_live_on_quick_code_and_move_to_optimized_code_unnoticed() {
 
     // Going back to v1 finds its optimized code in memory: no quick tier.
     host.reload_ok(&v1);
+    // The reply can overtake the host's log line on its way to this test.
+    host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version loaded") && l.contains("generation=3")
+    });
     let back = host.log_lines(&["version loaded", "generation=3"]);
     assert_eq!(back.len(), 1, "{back:?}");
     assert!(

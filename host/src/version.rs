@@ -228,15 +228,53 @@ impl Version {
                 pre
             }
         };
-        let compile_time = started.elapsed();
-
-        let version = Self {
+        let mut version = Self::assemble(
             generation,
             digest,
-            compile_time,
-            cached,
-            baseline: tier.is_baseline(),
-            engine: tier.engine().clone(),
+            tier.engine().clone(),
+            pre,
+            tier.is_baseline(),
+            settings,
+        );
+        version.compile_time = started.elapsed();
+        version.cached = cached;
+        version.check_ready().await?;
+        Ok(version)
+    }
+
+    /// A new generation running this version's compiled code: no read, no
+    /// compile, only the readiness check (and so the `init` hook) again.
+    /// This is what makes a rollback a swap rather than a rebuild.
+    pub async fn revive(&self, generation: u64) -> Result<Self, LoadError> {
+        let version = Self::assemble(
+            generation,
+            self.digest,
+            self.engine.clone(),
+            self.pre.clone(),
+            self.baseline,
+            self.settings.clone(),
+        );
+        version.check_ready().await?;
+        Ok(version)
+    }
+
+    /// A version of linked code with nothing run yet: counted as cached
+    /// and compiled in no time until the caller says otherwise.
+    fn assemble(
+        generation: u64,
+        digest: Digest,
+        engine: Engine,
+        pre: ProxyPre<HostState>,
+        baseline: bool,
+        settings: VersionSettings,
+    ) -> Self {
+        Self {
+            generation,
+            digest,
+            compile_time: Duration::ZERO,
+            cached: true,
+            baseline,
+            engine,
             pre,
             log: GuestLog::new(&settings.app, generation),
             settings,
@@ -247,35 +285,7 @@ impl Version {
             counters: Arc::default(),
             warm: Mutex::new(Vec::new()),
             loaded_at: Instant::now(),
-        };
-        version.check_ready().await?;
-        Ok(version)
-    }
-
-    /// A new generation running this version's compiled code: no read, no
-    /// compile, only the readiness check (and so the `init` hook) again.
-    /// This is what makes a rollback a swap rather than a rebuild.
-    pub async fn revive(&self, generation: u64) -> Result<Self, LoadError> {
-        let version = Self {
-            generation,
-            digest: self.digest,
-            compile_time: Duration::ZERO,
-            cached: true,
-            baseline: self.baseline,
-            engine: self.engine.clone(),
-            pre: self.pre.clone(),
-            log: GuestLog::new(&self.settings.app, generation),
-            settings: self.settings.clone(),
-            state: AtomicU8::new(State::Loading as u8),
-            work: Arc::new(WorkCounter::default()),
-            cancel: CancellationToken::new(),
-            served: AtomicU64::new(0),
-            counters: Arc::default(),
-            warm: Mutex::new(Vec::new()),
-            loaded_at: Instant::now(),
-        };
-        version.check_ready().await?;
-        Ok(version)
+        }
     }
 
     /// Instantiates once in a throwaway store and calls the optional `init`
