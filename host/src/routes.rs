@@ -79,15 +79,17 @@ impl RouteTable {
         Self { entries }
     }
 
-    /// The app for a request to `host` (without port) and `path`.
-    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<&Arc<App>> {
-        // One app taking everything: no matching on the hot path.
+    /// The app for `req`, by its host (without port) and path.
+    pub fn pick<B>(&self, req: &http::Request<B>) -> Option<&Arc<App>> {
+        // One app taking everything: no header parsing or matching on the
+        // hot path.
         if let [(route, app)] = self.entries.as_slice()
             && route.hosts.is_empty()
             && route.path == "/"
         {
             return Some(app);
         }
+        let (host, path) = (request_host(req), req.uri().path());
         self.entries
             .iter()
             .find(|(route, _)| route.matches(host, path))

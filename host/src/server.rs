@@ -57,10 +57,7 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let table = table.clone();
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let app = table
-                .load()
-                .pick(routes::request_host(&req), req.uri().path())
-                .cloned();
+            let app = table.load().pick(&req).cloned();
             async move {
                 Ok::<_, Infallible>(match app {
                     Some(app) => app.handle(req).await,
