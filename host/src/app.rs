@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Runtime;
+use crate::kv::{Keyvalue, KvSettings};
 use crate::limits::{self, Admission, Capped, Limits, Refusal};
 use crate::metrics::{AppMetrics, Rejection};
 use crate::request::{self, Response};
@@ -41,6 +42,8 @@ pub struct AppSettings {
     pub version: VersionSettings,
     /// Admission limits: concurrency, queue, body size.
     pub limits: Limits,
+    /// Where the app's key-value buckets live.
+    pub keyvalue: KvSettings,
 }
 
 /// The result of a change (reload, promote, abort, rollback) that did not
@@ -190,6 +193,8 @@ pub struct App {
     /// Turns to run a guest; shared by every version of the app.
     admission: Admission,
     started: Instant,
+    /// The app's buckets, which every version shares.
+    keyvalue: Arc<Keyvalue>,
 }
 
 impl App {
@@ -203,12 +208,20 @@ impl App {
         settings: AppSettings,
         first: u64,
         control_plane: &tokio::runtime::Handle,
+        keyvalue: Arc<Keyvalue>,
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path)?;
-        let version =
-            pipeline::load_version(&runtime, &settings, &path, bytes.clone(), digest, first)
-                .await?;
+        let version = pipeline::load_version(
+            &runtime,
+            &settings,
+            &keyvalue,
+            &path,
+            bytes.clone(),
+            digest,
+            first,
+        )
+        .await?;
         version.set_state(State::Live);
         tracing::info!(app = %settings.name, generation = first, digest = %digest.short(), "version live");
 
@@ -230,6 +243,7 @@ impl App {
             control_plane: control_plane.clone(),
             metrics: Arc::default(),
             started: Instant::now(),
+            keyvalue,
         });
         control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
         app.tier_up(&version, bytes);

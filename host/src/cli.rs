@@ -17,6 +17,7 @@ use crate::config::{
 use crate::config_file::{self, Overrides};
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 use crate::fleet::Applied;
+use crate::kv::StoreChoice;
 use crate::limits::Limits;
 use crate::logfile::{self, LogSettings};
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
@@ -75,7 +76,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "keyvalue", "shared_bucket", "config_var"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -166,6 +167,26 @@ struct ServeArgs {
     /// Rotated log files kept per app.
     #[arg(long, value_name = "N", default_value_t = 5)]
     log_keep: u32,
+    /// Where the app's wasi:keyvalue buckets live: `embedded` (a
+    /// crash-safe file in the data directory), `memory` (gone when the
+    /// host stops), or `redis://HOST:PORT` (shared by every host using it).
+    #[arg(long, value_name = "STORE", default_value = "embedded", value_parser = parse_store)]
+    keyvalue: StoreChoice,
+    /// Share the bucket NAME with every other app on the same store, instead
+    /// of giving this app its own (repeatable).
+    #[arg(long = "shared-bucket", value_name = "NAME")]
+    shared_bucket: Vec<String>,
+    /// Give the app the wasi:config value KEY (repeatable).
+    #[arg(long = "config-var", value_name = "KEY=VALUE", value_parser = config::parse_config_var)]
+    config_var: Vec<(String, String)>,
+    /// Directory of the embedded key-value files (APP/keyvalue.redb)
+    /// [default: $XDG_DATA_HOME/wasm-host, else ~/.local/share/wasm-host].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_store(text: &str) -> Result<StoreChoice, String> {
+    text.parse()
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +377,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 admin: args.admin,
                 cache_dir: args.cache_dir.clone(),
                 no_cache: args.no_cache,
+                data_dir: args.data_dir.clone(),
             };
             let config = match (&args.config, args.component) {
                 (Some(file), _) => config_file::load(file, &overrides)?,
@@ -382,6 +404,10 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                         queue_timeout: args.queue_timeout,
                         max_body: args.max_body.map(|n| n as u64),
                     },
+                    keyvalue: args.keyvalue,
+                    data_dir: args.data_dir,
+                    shared_buckets: args.shared_bucket,
+                    config_vars: args.config_var,
                 })?,
                 (None, None) => anyhow::bail!(
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"

@@ -17,6 +17,7 @@ use crate::engine::EngineSettings;
 use crate::limits::Limits;
 use crate::outgoing::OutgoingPolicy;
 use crate::routes::Route;
+use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::source::SourceCrate;
 use crate::version::VersionSettings;
 
@@ -96,6 +97,14 @@ pub struct ServeInput {
     pub no_tier_up: bool,
     /// Admission limits.
     pub limits: Limits,
+    /// Where the app's key-value buckets live.
+    pub keyvalue: StoreChoice,
+    /// The host's data directory, or the default.
+    pub data_dir: Option<PathBuf>,
+    /// Buckets shared by name with other apps on the same store.
+    pub shared_buckets: Vec<String>,
+    /// The app's `wasi:config` values.
+    pub config_vars: Vec<(String, String)>,
 }
 
 impl ServeConfig {
@@ -109,6 +118,9 @@ impl ServeConfig {
             check_component_file(&path)?;
             None
         };
+        for bucket in &input.shared_buckets {
+            check_bucket_name(bucket).map_err(|e| anyhow::anyhow!("--shared-bucket: {e}"))?;
+        }
         for (name, value) in [
             ("--drain-timeout", input.drain_timeout),
             ("--ready-timeout", input.ready_timeout),
@@ -144,11 +156,17 @@ impl ServeConfig {
                     env: input.env.into(),
                     dirs: Arc::default(),
                     max_memory: None,
+                    config: input.config_vars.into(),
                 },
                 name,
                 path,
                 drain_timeout: input.drain_timeout,
                 limits: input.limits,
+                keyvalue: KvSettings {
+                    choice: input.keyvalue,
+                    data_dir: input.data_dir.unwrap_or_else(default_data_dir),
+                    shared: input.shared_buckets,
+                },
             },
             listen: vec![input.listen],
             route: Route::any(),
@@ -288,6 +306,16 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
         })?,
     };
     Ok((name.to_string(), value))
+}
+
+/// Parses a `wasi:config` value given as `KEY=VALUE`.
+pub fn parse_config_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains(char::is_whitespace) => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::config::{
     default_cache_dir, default_control_path, parse_duration, parse_host_port, parse_size,
 };
 use crate::engine::EngineSettings;
+use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
 use crate::outgoing::OutgoingPolicy;
 use crate::routes::Route;
@@ -47,6 +48,8 @@ pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     /// `--no-cache`.
     pub no_cache: bool,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +59,7 @@ struct FileSpec {
     admin: Option<Spanned<String>>,
     control: Option<String>,
     cache_dir: Option<String>,
+    data_dir: Option<String>,
     tier_up_above: Option<Spanned<String>>,
     #[serde(default, rename = "app")]
     apps: BTreeMap<String, Spanned<AppSpec>>,
@@ -85,6 +89,11 @@ struct AppSpec {
     max_body: Option<Spanned<String>>,
     watch: Option<bool>,
     reuse_instances: Option<Spanned<u32>>,
+    keyvalue: Option<Spanned<String>>,
+    #[serde(default)]
+    shared_buckets: Vec<Spanned<String>>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -150,9 +159,14 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
     // Apps that name no limit share the pool's budget evenly.
     let fair_share =
         (POOL_BUDGET / entries.len().max(1)).clamp(1, Limits::default().max_concurrency);
+    let data_dir = match (&overrides.data_dir, &spec.data_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => base.join(dir),
+        (None, None) => default_data_dir(),
+    };
     let mut apps = Vec::new();
     for (name, app) in entries {
-        let defaults = (default_listen, fair_share);
+        let defaults = (default_listen, fair_share, data_dir.as_path());
         if let Some(config) = app_config(name, app, base, defaults, &mut problems) {
             apps.push((app.span().start, config));
         }
@@ -209,7 +223,7 @@ fn app_config(
     name: &str,
     spanned: &Spanned<AppSpec>,
     base: &Path,
-    (default_listen, fair_share): (Option<SocketAddr>, usize),
+    (default_listen, fair_share, data_dir): (Option<SocketAddr>, usize, &Path),
     problems: &mut Problems<'_>,
 ) -> Option<AppConfig> {
     let before = problems.found.len();
@@ -323,6 +337,15 @@ fn app_config(
         }),
         None => Some(1),
     };
+    let store = match &app.keyvalue {
+        Some(text) => problems.check(text, |s| s.parse::<StoreChoice>()),
+        None => Some(StoreChoice::default()),
+    };
+    let shared: Vec<String> = app
+        .shared_buckets
+        .iter()
+        .filter_map(|b| problems.check(b, |s| check_bucket_name(s).map(str::to_string).map_err(|e| e.0)))
+        .collect();
     if problems.found.len() > before {
         return None;
     }
@@ -340,6 +363,12 @@ fn app_config(
                 env: app.env.clone().into_iter().collect(),
                 dirs: dirs.into(),
                 max_memory: max_memory?,
+                config: app.config.clone().into_iter().collect(),
+            },
+            keyvalue: KvSettings {
+                choice: store?,
+                data_dir: data_dir.to_path_buf(),
+                shared,
             },
             limits: Limits {
                 max_concurrency: max_concurrency?,

@@ -16,9 +16,12 @@ use wasmtime::{
     PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder, Strategy,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::kv::Keyvalue;
+use crate::kv::guest::KvView;
 use crate::metrics::PoolView;
 use crate::outgoing::OutgoingPolicy;
 use crate::version::Digest;
@@ -208,6 +211,16 @@ impl Tier {
         crate::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
+        crate::kv::guest::add_to_linker(&mut linker, |state: &mut HostState| {
+            KvView::new(&state.services.keyvalue, &mut state.table)
+        })
+        .map_err(anyhow::Error::from)
+        .context("failed to link wasi:keyvalue")?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut HostState| {
+            WasiConfig::new(&state.services.config)
+        })
+        .map_err(anyhow::Error::from)
+        .context("failed to link wasi:config")?;
 
         start_epoch_ticker(&engine);
         Ok(Self {
@@ -332,15 +345,27 @@ fn start_epoch_ticker(engine: &Engine) {
     }
 }
 
+/// What every store of one app version reaches beyond WASI: the app's name,
+/// its key-value state (shared by all its versions) and its `wasi:config`
+/// values. Made once per version; a store takes a reference count.
+pub struct AppServices {
+    /// The app's name.
+    pub app: Arc<str>,
+    /// The app's buckets.
+    pub keyvalue: Arc<Keyvalue>,
+    /// The values `wasi:config/store` answers with.
+    pub config: WasiConfigVariables,
+}
+
 /// The data of one store: one request's (or one readiness check's) view of
-/// WASI and wasi:http.
+/// WASI, wasi:http and the app's services.
 pub struct HostState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     outgoing: OutgoingPolicy,
     generation: u64,
-    app: Arc<str>,
+    services: Arc<AppServices>,
     limits: StoreLimits,
 }
 
@@ -356,17 +381,22 @@ impl HostState {
         &mut self.limits
     }
 
-    /// State for a store of generation `generation` of `app`, whose WASI
-    /// context grants what `wasi` grants and whose outgoing HTTP requests
-    /// are checked against `outgoing`.
-    pub fn new(wasi: WasiCtx, outgoing: OutgoingPolicy, generation: u64, app: Arc<str>) -> Self {
+    /// State for a store of generation `generation` of an app, whose WASI
+    /// context grants what `wasi` grants, whose outgoing HTTP requests are
+    /// checked against `outgoing`, and that reaches the app's `services`.
+    pub fn new(
+        wasi: WasiCtx,
+        outgoing: OutgoingPolicy,
+        generation: u64,
+        services: Arc<AppServices>,
+    ) -> Self {
         Self {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
             outgoing,
             generation,
-            app,
+            services,
             limits: StoreLimits::default(),
         }
     }
@@ -378,7 +408,7 @@ impl HostState {
 
     /// The name of the app this store runs.
     pub fn app_name(&self) -> &str {
-        &self.app
+        &self.services.app
     }
 }
 

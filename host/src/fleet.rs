@@ -25,6 +25,7 @@ use crate::app::App;
 use crate::apps::Apps;
 use crate::config::AppConfig;
 use crate::engine::Runtime;
+use crate::kv::Stores;
 use crate::routes::RouteTable;
 use crate::{server, source, watch};
 
@@ -68,6 +69,8 @@ pub struct Fleet {
     table: Arc<Apps>,
     /// Apps draining away after a config change.
     retiring: TaskTracker,
+    /// Open key-value stores, shared by every app using the same one.
+    stores: Stores,
 }
 
 impl Fleet {
@@ -85,6 +88,7 @@ impl Fleet {
             listeners: BTreeMap::new(),
             table: Arc::new(Apps::new(Vec::new())),
             retiring: TaskTracker::new(),
+            stores: Stores::new(),
         }
     }
 
@@ -243,6 +247,8 @@ impl Fleet {
             config.settings.clone(),
             first,
             &self.control_plane,
+            self.stores
+                .for_app(&config.settings.name, config.settings.keyvalue.clone()),
         )
         .await
         .map_err(anyhow::Error::from)

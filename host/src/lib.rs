@@ -18,6 +18,7 @@ pub mod control;
 pub mod engine;
 pub mod fleet;
 pub mod guest_log;
+pub mod kv;
 pub mod lifecycle;
 pub mod limits;
 pub mod logfile;

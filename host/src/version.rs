@@ -18,7 +18,8 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::engine::{HostState, Runtime, Tier};
+use crate::engine::{AppServices, HostState, Runtime, Tier};
+use crate::kv::Keyvalue;
 use crate::guest_log::GuestLog;
 use crate::lifecycle;
 use crate::metrics::VersionCounters;
@@ -91,6 +92,9 @@ pub enum LoadError {
     /// The app's `init` hook refused to start.
     #[error("the app's init hook refused to start: {0}")]
     InitRefused(String),
+    /// The app's key-value store cannot be opened.
+    #[error("{0}")]
+    State(String),
     /// Instantiation did not finish within the ready timeout.
     #[error("the component did not become ready within {0:?} (see --ready-timeout)")]
     ReadyTimeout(Duration),
@@ -162,6 +166,8 @@ pub struct VersionSettings {
     pub dirs: Arc<[(std::path::PathBuf, String)]>,
     /// A memory limit per instance below the engine's, if the app has one.
     pub max_memory: Option<usize>,
+    /// The values `wasi:config/store` gives guests.
+    pub config: Arc<[(String, String)]>,
 }
 
 /// An instance that served a request cleanly and may serve the next one
@@ -195,6 +201,7 @@ pub struct Version {
     counters: Arc<VersionCounters>,
     warm: Mutex<Vec<Warm>>,
     loaded_at: Instant,
+    services: Arc<AppServices>,
 }
 
 impl Version {
@@ -210,6 +217,7 @@ impl Version {
         digest: Digest,
         generation: u64,
         settings: VersionSettings,
+        keyvalue: Arc<Keyvalue>,
         baseline: bool,
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
@@ -235,9 +243,11 @@ impl Version {
             pre,
             tier.is_baseline(),
             settings,
+            keyvalue,
         );
         version.compile_time = started.elapsed();
         version.cached = cached;
+        version.open_state().await?;
         version.check_ready().await?;
         Ok(version)
     }
@@ -253,6 +263,7 @@ impl Version {
             self.pre.clone(),
             self.baseline,
             self.settings.clone(),
+            self.services.keyvalue.clone(),
         );
         version.check_ready().await?;
         Ok(version)
@@ -267,7 +278,13 @@ impl Version {
         pre: ProxyPre<HostState>,
         baseline: bool,
         settings: VersionSettings,
+        keyvalue: Arc<Keyvalue>,
     ) -> Self {
+        let services = Arc::new(AppServices {
+            app: settings.app.clone(),
+            keyvalue,
+            config: settings.config.iter().cloned().collect(),
+        });
         Self {
             generation,
             digest,
@@ -285,7 +302,27 @@ impl Version {
             counters: Arc::default(),
             warm: Mutex::new(Vec::new()),
             loaded_at: Instant::now(),
+            services,
         }
+    }
+
+    /// Opens the app's key-value store if this version imports
+    /// `wasi:keyvalue`, so a store that cannot be opened (a server down, a
+    /// file held by another process) refuses the version up front.
+    async fn open_state(&self) -> Result<(), LoadError> {
+        let component = self.pre.instance_pre().component();
+        let uses_keyvalue = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
+        if uses_keyvalue {
+            self.services
+                .keyvalue
+                .ready()
+                .await
+                .map_err(|e| LoadError::State(format!("{e:#}")))?;
+        }
+        Ok(())
     }
 
     /// Instantiates once in a throwaway store and calls the optional `init`
@@ -359,7 +396,7 @@ impl Version {
             wasi,
             self.settings.outgoing.clone(),
             self.generation,
-            self.settings.app.clone(),
+            self.services.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         if let Some(bytes) = self.settings.max_memory {

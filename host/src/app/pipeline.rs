@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
 use crate::engine::Runtime;
+use crate::kv::Keyvalue;
 use crate::rollout::{Canary, CanaryPlan, ErrorWindow};
 use crate::version::{Digest, State, Version};
 
@@ -137,6 +138,7 @@ impl App {
         let version = load_version(
             &self.runtime,
             &self.settings,
+            &self.keyvalue,
             &path,
             bytes.clone(),
             digest,
@@ -267,6 +269,7 @@ impl App {
                 baseline.digest(),
                 generation,
                 app.settings.version.clone(),
+                app.keyvalue.clone(),
                 false,
             )
             .await;
@@ -377,6 +380,7 @@ pub(super) fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadE
 pub(super) async fn load_version(
     runtime: &Runtime,
     settings: &AppSettings,
+    keyvalue: &Arc<Keyvalue>,
     path: &Path,
     bytes: Arc<[u8]>,
     digest: Digest,
@@ -392,6 +396,7 @@ pub(super) async fn load_version(
         digest,
         generation,
         settings.version.clone(),
+        keyvalue.clone(),
         baseline,
     )
     .await;
