@@ -81,8 +81,10 @@
 #![warn(missing_docs)]
 
 mod background;
+pub mod config;
 mod handler;
 mod hooks;
+pub mod kv;
 mod response;
 mod router;
 
@@ -116,6 +118,7 @@ pub mod __bindings {
         pub_export_macro: true,
         export_macro_name: "__export_hooks",
         default_bindings_module: "::wasm_host_sdk::__bindings",
+        generate_all,
     });
 }
 
