@@ -184,9 +184,9 @@ impl Bucket {
         loop {
             let before = self.get(key)?;
             let current = match &before {
-                Some(bytes) => Some(
-                    serde_json::from_slice(bytes).map_err(|e| KvError::Json(e.to_string()))?,
-                ),
+                Some(bytes) => {
+                    Some(serde_json::from_slice(bytes).map_err(|e| KvError::Json(e.to_string()))?)
+                }
                 None => None,
             };
             let next = change(current);

@@ -14,10 +14,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
 use crate::engine::EngineSettings;
+use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
 use crate::outgoing::OutgoingPolicy;
 use crate::routes::Route;
-use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::source::SourceCrate;
 use crate::version::VersionSettings;
 

@@ -344,7 +344,11 @@ fn app_config(
     let shared: Vec<String> = app
         .shared_buckets
         .iter()
-        .filter_map(|b| problems.check(b, |s| check_bucket_name(s).map(str::to_string).map_err(|e| e.0)))
+        .filter_map(|b| {
+            problems.check(b, |s| {
+                check_bucket_name(s).map(str::to_string).map_err(|e| e.0)
+            })
+        })
         .collect();
     if problems.found.len() > before {
         return None;

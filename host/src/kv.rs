@@ -228,8 +228,12 @@ enum Scope {
 /// per file or server.
 #[derive(Clone, Default)]
 pub struct Stores {
-    open: Arc<Mutex<HashMap<(StoreChoice, PathBuf, Scope), Weak<dyn Backend>>>>,
+    open: Arc<Mutex<HashMap<StoreKey, Weak<dyn Backend>>>>,
 }
+
+/// What tells one open store from another: the backend, its file (for the
+/// embedded one) and whose buckets it serves.
+type StoreKey = (StoreChoice, PathBuf, Scope);
 
 impl Stores {
     /// An empty registry.
@@ -287,7 +291,7 @@ impl Stores {
         Ok(made)
     }
 
-    fn lookup(&self, key: &(StoreChoice, PathBuf, Scope)) -> Option<Arc<dyn Backend>> {
+    fn lookup(&self, key: &StoreKey) -> Option<Arc<dyn Backend>> {
         self.open.lock().ok()?.get(key).and_then(Weak::upgrade)
     }
 }
@@ -461,12 +465,14 @@ fn parse_counter(key: &str, stored: Option<&[u8]>) -> KvResult<u64> {
 
 /// Adds `delta` to a stored counter, refusing overflow.
 fn add_to_counter(key: &str, stored: Option<&[u8]>, delta: u64) -> KvResult<u64> {
-    parse_counter(key, stored)?.checked_add(delta).ok_or_else(|| {
-        KvError::new(format!(
-            "cannot increment `{}`: the counter would overflow",
-            key.escape_debug()
-        ))
-    })
+    parse_counter(key, stored)?
+        .checked_add(delta)
+        .ok_or_else(|| {
+            KvError::new(format!(
+                "cannot increment `{}`: the counter would overflow",
+                key.escape_debug()
+            ))
+        })
 }
 
 /// The data directory used when none is given: `$XDG_DATA_HOME/wasm-host`,

@@ -19,8 +19,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::engine::{AppServices, HostState, Runtime, Tier};
-use crate::kv::Keyvalue;
 use crate::guest_log::GuestLog;
+use crate::kv::Keyvalue;
 use crate::lifecycle;
 use crate::metrics::VersionCounters;
 use crate::outgoing::OutgoingPolicy;

@@ -4,6 +4,8 @@
 //! every wait is bounded.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -122,9 +124,14 @@ impl Host {
         env: &[(&str, &Path)],
         dir: tempfile::TempDir,
     ) -> Host {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(serve)
+        let mut command = Command::new(BIN);
+        command.arg("serve").args(serve);
+        // Key-value files stay private to the test unless it names a place
+        // (a config file names its own).
+        if !serve.iter().any(|a| a == "--data-dir" || a == "--config") {
+            command.arg("--data-dir").arg(dir.path().join("data"));
+        }
+        let mut child = command
             .arg("--control")
             .arg(control)
             .arg("--cache-dir")

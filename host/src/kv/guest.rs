@@ -7,7 +7,7 @@
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{Bucket, KvError, KvFuture, KvResult, Keyvalue};
+use super::{Bucket, Keyvalue, KvError, KvFuture, KvResult};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -89,7 +89,12 @@ impl store::HostBucket for KvView<'_> {
         finish(self.bucket(&bucket)?.get(key)).await
     }
 
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> GuestResult<()> {
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> GuestResult<()> {
         finish(self.bucket(&bucket)?.set(key, value)).await
     }
 
@@ -117,7 +122,12 @@ impl store::HostBucket for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> GuestResult<u64> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> GuestResult<u64> {
         finish(self.bucket(&bucket)?.increment(key, delta)).await
     }
 }
@@ -147,7 +157,11 @@ impl batch::Host for KvView<'_> {
         finish(self.bucket(&bucket)?.set_many(key_values)).await
     }
 
-    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> GuestResult<()> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> GuestResult<()> {
         finish(self.bucket(&bucket)?.delete_many(keys)).await
     }
 }

@@ -19,7 +19,9 @@ impl Memory {
     fn with<T: Send + 'static>(&self, op: impl FnOnce(&mut Buckets) -> KvResult<T>) -> KvFuture<T> {
         let result = match self.buckets.lock() {
             Ok(mut buckets) => op(&mut buckets),
-            Err(_) => Err(KvError::new("the in-memory store is unusable after a panic")),
+            Err(_) => Err(KvError::new(
+                "the in-memory store is unusable after a panic",
+            )),
         };
         Box::pin(std::future::ready(result))
     }
