@@ -50,6 +50,24 @@ struct Cli {
     /// Where to write REPORT.md and the chart.
     #[arg(long, default_value = "bench/report")]
     out: PathBuf,
+    /// Run only these sections (repeatable) [default: all].
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+}
+
+/// A part of the benchmark.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    /// Requests/s against the peers.
+    Throughput,
+    /// Latency and errors during a reload storm.
+    Storm,
+    /// A cold reload of a large component under load.
+    Cold,
+    /// Memory after many reloads.
+    Memory,
+    /// Increments/s through each key-value backend.
+    Keyvalue,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,11 +104,24 @@ fn main() -> Result<()> {
         }
     }
 
-    throughput(&cli, &tools, &component, &mut report)?;
-    storm(&cli, &tools, &component, &hello, &mut report)?;
-    let big = repo.join("examples/target/wasm32-wasip2/release/big.wasm");
-    cold_big(&cli, &tools, &component, &big, &mut report)?;
-    memory(&cli, &tools, &component, &hello, &mut report)?;
+    let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
+    if wanted(Section::Throughput) {
+        throughput(&cli, &tools, &component, &mut report)?;
+    }
+    if wanted(Section::Storm) {
+        storm(&cli, &tools, &component, &hello, &mut report)?;
+    }
+    if wanted(Section::Cold) {
+        let big = repo.join("examples/target/wasm32-wasip2/release/big.wasm");
+        cold_big(&cli, &tools, &component, &big, &mut report)?;
+    }
+    if wanted(Section::Memory) {
+        memory(&cli, &tools, &component, &hello, &mut report)?;
+    }
+    if wanted(Section::Keyvalue) {
+        let counter = repo.join("examples/target/wasm32-wasip2/release/counter.wasm");
+        keyvalue(&cli, &tools, &counter, &mut report)?;
+    }
 
     std::fs::create_dir_all(&cli.out)?;
     report.write(&cli.out)?;
@@ -461,4 +492,76 @@ fn memory(
     );
     report.memory(after_one, after_many, cli.reloads, took);
     Ok(())
+}
+
+/// Increments per second through the `counter` example on each key-value
+/// backend (Redis if `redis-server` is installed), and the count the store
+/// holds afterwards, which must equal the increments answered.
+fn keyvalue(cli: &Cli, tools: &Tools, counter: &Path, report: &mut report::Report) -> Result<()> {
+    let redis = match servers::RedisServer::start(&tools.scratch) {
+        Ok(redis) => Some(redis),
+        Err(e) => {
+            let note = format!("Redis was skipped: {e:#}");
+            println!("{note}");
+            report.note(&note);
+            None
+        }
+    };
+    let mut backends = vec![
+        ("embedded", "embedded".to_string()),
+        ("memory", "memory".to_string()),
+    ];
+    if let Some(redis) = &redis {
+        backends.push(("redis", redis.url.clone()));
+    }
+    for (name, store) in backends {
+        let data = tools.scratch.join(format!("data-{name}"));
+        let flags = vec![
+            "--keyvalue".to_string(),
+            store,
+            "--data-dir".to_string(),
+            data.display().to_string(),
+        ];
+        let server = Server::start(&Kind::WasmHost(flags), tools, counter)?;
+        let result = load::run(&LoadSpec {
+            addr: server.addr,
+            connections: cli.connections,
+            duration: cli.duration,
+            keep_alive: true,
+            stop: None,
+        })?;
+        let stored = fetch_count(server.addr)?;
+        println!(
+            "keyvalue {name:<9} {:>9.0} increments/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}  answered {}  stored {stored}",
+            result.rps(),
+            result.ms(0.5),
+            result.ms(0.99),
+            result.errors,
+            result.ok
+        );
+        report.keyvalue(report::KvRun {
+            backend: name.to_string(),
+            rps: result.rps(),
+            p50: result.ms(0.5),
+            p99: result.ms(0.99),
+            errors: result.errors,
+            answered: result.ok,
+            stored,
+        });
+    }
+    Ok(())
+}
+
+/// The counter's stored count, from `GET /count`.
+fn fetch_count(addr: std::net::SocketAddr) -> Result<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /count HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let body = answer.rsplit("\r\n\r\n").next().unwrap_or_default();
+    body.trim()
+        .parse()
+        .with_context(|| format!("GET /count answered {answer:?}"))
 }

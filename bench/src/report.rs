@@ -61,6 +61,25 @@ pub struct Report {
     storm: Option<Storm>,
     memory: Option<(u64, u64, usize, Duration)>,
     cold: Option<Cold>,
+    keyvalue: Vec<KvRun>,
+}
+
+/// Increments through the `counter` example on one key-value backend.
+pub struct KvRun {
+    /// The backend.
+    pub backend: String,
+    /// Successful increments per second.
+    pub rps: f64,
+    /// Latency median and p99, ms.
+    pub p50: f64,
+    /// See `p50`.
+    pub p99: f64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Increments answered with 200.
+    pub answered: u64,
+    /// The count the store held afterwards.
+    pub stored: u64,
 }
 
 impl Report {
@@ -78,6 +97,7 @@ impl Report {
             order: Vec::new(),
             storm: None,
             memory: None,
+            keyvalue: Vec::new(),
             cold: None,
         }
     }
@@ -138,6 +158,11 @@ impl Report {
     /// Records the cold reload of a large component.
     pub fn cold(&mut self, cold: Cold) {
         self.cold = Some(cold);
+    }
+
+    /// Records one key-value backend's run.
+    pub fn keyvalue(&mut self, run: KvRun) {
+        self.keyvalue.push(run);
     }
 
     /// Records the memory readings.
@@ -302,6 +327,27 @@ impl Report {
                 md,
                 "\n{n} reloads took {took:.1?} ({:.2} ms each).\n",
                 took.as_secs_f64() * 1000.0 / n as f64
+            )?;
+        }
+        if !self.keyvalue.is_empty() {
+            writeln!(
+                md,
+                "## Key-value increments (`counter` example, `GET /`, keep-alive)\n"
+            )?;
+            writeln!(
+                md,
+                "| backend | increments/s | p50 ms | p99 ms | errors | answered | count stored after |\n|---|---:|---:|---:|---:|---:|---:|"
+            )?;
+            for k in &self.keyvalue {
+                writeln!(
+                    md,
+                    "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+                    k.backend, k.rps, k.p50, k.p99, k.errors, k.answered, k.stored
+                )?;
+            }
+            writeln!(
+                md,
+                "\nEvery increment is one atomic host call; the embedded backend acknowledges only after a durable (fsync'ed) commit, grouping the increments that arrive together into one commit.\n"
             )?;
         }
         for note in &self.notes {

@@ -164,3 +164,45 @@ pub fn find_wasmtime() -> Option<PathBuf> {
         p.is_file().then_some(p)
     })
 }
+
+/// A `redis-server` on a free loopback port, saving nothing; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Starts one in `dir`, if `redis-server` is installed.
+    pub fn start(dir: &Path) -> Result<RedisServer> {
+        let addr = free_addr()?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context(
+                "cannot start redis-server (install it with `apt-get install redis-server`)",
+            )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(RedisServer {
+            child,
+            url: format!("redis://{addr}"),
+        })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
