@@ -373,6 +373,19 @@ watch = false
     );
     assert!(dir.path().join("data/a/keyvalue.redb").is_file());
     assert!(dir.path().join("data/shared-keyvalue.redb").is_file());
+    let status = host.status_json();
+    let a = status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "a")
+        .unwrap();
+    let store = a["keyvalue"].as_str().unwrap();
+    assert!(
+        store.starts_with("embedded ")
+            && store.ends_with("a/keyvalue.redb, shared buckets: common"),
+        "{store}"
+    );
 
     assert_eq!(
         call("a.test", "GET", "/greeting", b"").await,

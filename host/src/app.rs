@@ -255,6 +255,11 @@ impl App {
         &self.settings.name
     }
 
+    /// The app's key-value state.
+    pub fn keyvalue(&self) -> &Keyvalue {
+        &self.keyvalue
+    }
+
     /// The settings the app runs with.
     pub fn settings(&self) -> &AppSettings {
         &self.settings

@@ -617,6 +617,9 @@ fn print_status(report: &StatusReport) {
             app.reloads_unchanged,
             app.reloads_refused
         );
+        if !app.keyvalue.is_empty() {
+            println!("key-value store: {}", app.keyvalue);
+        }
         println!(
             "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}",
             "gen", "digest", "state", "in-flight", "served", "up", "code"

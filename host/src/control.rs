@@ -130,6 +130,9 @@ pub struct AppStatus {
     /// Live first, then the canary, the draining ones, and the one kept for
     /// a rollback (`retired`).
     pub versions: Vec<VersionStatus>,
+    /// Where the app's key-value buckets live.
+    #[serde(default)]
+    pub keyvalue: String,
 }
 
 /// A snapshot of one version.
@@ -346,6 +349,7 @@ fn status(app: &App) -> AppStatus {
         reloads_refused,
         canary_percent: app.canary_percent(),
         versions,
+        keyvalue: app.keyvalue().describe(),
     }
 }
 

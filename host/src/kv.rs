@@ -321,6 +321,25 @@ impl Keyvalue {
         &self.settings
     }
 
+    /// Where the buckets live, for `status`: the store (with its file, for
+    /// the embedded one) and the shared buckets.
+    pub fn describe(&self) -> String {
+        let store = match &self.settings.choice {
+            StoreChoice::Embedded => {
+                format!("embedded {}", self.settings.app_file(&self.app).display())
+            }
+            other => other.to_string(),
+        };
+        if self.settings.shared.is_empty() {
+            store
+        } else {
+            format!(
+                "{store}, shared buckets: {}",
+                self.settings.shared.join(", ")
+            )
+        }
+    }
+
     /// Opens the app's own backend now (a version that imports
     /// `wasi:keyvalue` calls this at load), so a missing server or a
     /// database held by another process refuses the version with a clear
