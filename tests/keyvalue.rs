@@ -74,12 +74,18 @@ fn spawn_load(
     loops
 }
 
-/// Reloads `host` ten times under load and checks that the counts answered
-/// are exactly 1..=N, each once, and that the stored count is N.
-async fn every_increment_counted_once(extra: &[&str]) {
+/// A scratch folder holding the `counter` example stamped `v1`, and its path.
+fn counter_app() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("counter.wasm");
     write_version(&app, "counter", "v1");
+    (dir, app)
+}
+
+/// Reloads `host` ten times under load and checks that the counts answered
+/// are exactly 1..=N, each once, and that the stored count is N.
+async fn every_increment_counted_once(extra: &[&str]) {
+    let (dir, app) = counter_app();
     let mut args = vec!["--no-watch"];
     args.extend_from_slice(extra);
     let host = Host::start(&app, &args);
@@ -140,9 +146,7 @@ async fn every_increment_is_counted_once_across_reloads_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_count_continues_across_a_host_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (dir, app) = counter_app();
     let data = dir.path().join("data");
     let args = ["--no-watch", "--data-dir", data.to_str().unwrap()];
     let mut host = Host::start(&app, &args);
@@ -159,9 +163,7 @@ async fn the_count_continues_across_a_host_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_increments_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (dir, app) = counter_app();
     let data = dir.path().join("data");
     let args = ["--no-watch", "--data-dir", data.to_str().unwrap()];
     let mut host = Host::start(&app, &args);
@@ -205,9 +207,7 @@ async fn acknowledged_increments_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_on_one_redis_share_one_counter() {
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (_dir, app) = counter_app();
     let args = ["--no-watch", "--keyvalue", &redis.url];
     let (one, two) = (Host::start(&app, &args), Host::start(&app, &args));
     let counts = Arc::new(Counts::default());
@@ -232,9 +232,7 @@ async fn two_hosts_on_one_redis_share_one_counter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_versions_late_write_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (dir, app) = counter_app();
     let host = Host::start(&app, &["--no-watch"]);
     let accepted = send(&host.addr, "POST", "/later?key=late&ms=1500", Vec::new())
         .await
@@ -257,9 +255,7 @@ async fn a_draining_versions_late_write_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_keys_values_and_bad_bucket_names_are_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (_dir, app) = counter_app();
     let host = Host::start(&app, &["--no-watch"]);
     let cases = [
         (
@@ -408,9 +404,7 @@ watch = false
 
 #[test]
 fn a_store_that_cannot_be_opened_stops_serve_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("counter.wasm");
-    write_version(&app, "counter", "v1");
+    let (dir, app) = counter_app();
     let serve = |extra: &[&str]| {
         Command::new(BIN)
             .arg("serve")
