@@ -316,11 +316,6 @@ impl fmt::Debug for Keyvalue {
 }
 
 impl Keyvalue {
-    /// The settings this view was made with.
-    pub fn settings(&self) -> &KvSettings {
-        &self.settings
-    }
-
     /// Where the buckets live, for `status`: the store (with its file, for
     /// the embedded one) and the shared buckets.
     pub fn describe(&self) -> String {
@@ -388,11 +383,6 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// The bucket's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// See [`Backend::get`].
     pub fn get(&self, key: String) -> KvResult<KvFuture<Option<Vec<u8>>>> {
         check_key(&key)?;
