@@ -2,7 +2,8 @@
 //! on their own listener and routed by host and path on a shared one,
 //! errors reported with line numbers before anything starts, and
 //! `reload --config` starting, stopping, reloading and restarting apps
-//! while leaving the rest alone.
+//! while leaving the rest alone; the config watch applying kubelet's
+//! ConfigMap updates once per change.
 
 mod support;
 
@@ -159,7 +160,9 @@ async fn reload_config_starts_stops_reloads_and_leaves_the_rest() {
     }
     let (p1, p2, p3) = (free_addr(), free_addr(), free_addr());
     let file = dir.path().join("wasm-host.toml");
-    let write = |text: String| std::fs::write(&file, text).unwrap();
+    // This test drives every change by hand; the config watch stays off.
+    let write =
+        |text: String| std::fs::write(&file, format!("watch_config = false\n{text}")).unwrap();
     let app = |name: &str, wasm: &str, listen: &str, extra: &str| {
         format!(
             "[app.{name}]\ncomponent = \"{wasm}.wasm\"\nlisten = \"{listen}\"\nwatch = false\n{extra}\n"
@@ -260,4 +263,92 @@ fn run_serve(file: &Path, dir: &Path) -> std::process::Output {
         .arg(dir.join("logs"))
         .output()
         .unwrap()
+}
+
+/// Writes `files` the way kubelet updates a mounted ConfigMap: a new
+/// timestamped directory, a `..data_tmp` symlink to it renamed over
+/// `..data` in one step, the old directory removed, and each file's name a
+/// symlink through `..data` (made once, never touched again).
+fn kubelet_update(volume: &Path, files: &[(&str, &str)], serial: u32) {
+    let fresh = format!("..2026_11_21_10_00_{serial:02}.{:09}", 100_000 + serial);
+    std::fs::create_dir(volume.join(&fresh)).unwrap();
+    for (name, text) in files {
+        std::fs::write(volume.join(&fresh).join(name), text).unwrap();
+    }
+    let old = std::fs::read_link(volume.join("..data")).ok();
+    std::os::unix::fs::symlink(&fresh, volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = volume.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(volume.join(old)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_in_kubelets_layout_reloads_once_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["v1", "v2", "v3"] {
+        write_version(
+            &dir.path().join(format!("{version}.wasm")),
+            "hello",
+            version,
+        );
+    }
+    let volume = dir.path().join("configmap");
+    std::fs::create_dir(&volume).unwrap();
+    let addr = free_addr();
+    let config = |version: &str| {
+        format!(
+            "[app.shop]\ncomponent = \"{}\"\nlisten = \"{addr}\"\nwatch = false\n",
+            dir.path().join(format!("{version}.wasm")).display()
+        )
+    };
+    kubelet_update(&volume, &[("wasm-host.toml", &config("v1"))], 1);
+    let host = Host::start_config(&volume.join("wasm-host.toml"), &[]);
+    host.wait_log("watching the config file", Duration::from_secs(10));
+    assert_eq!(body_at(&addr, "x", "/").await, "hello from v1\n");
+    let changes = |host: &Host| host.log_lines(&["config file changed: applying it"]).len();
+
+    for (serial, version) in [(2, "v2"), (3, "v3")] {
+        kubelet_update(&volume, &[("wasm-host.toml", &config(version))], serial);
+        let answer = support::wait_for_body(
+            &addr,
+            "/",
+            &format!("from {version}"),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        // One change, one reload: let any straggling events settle first.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(changes(&host), serial as usize - 1, "{}", host.log_text());
+        assert_eq!(generation_of(&host, "shop"), serial as u64);
+    }
+
+    // kubelet's periodic rewrite with the same contents changes nothing.
+    kubelet_update(&volume, &[("wasm-host.toml", &config("v3"))], 4);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(changes(&host), 2);
+    assert_eq!(generation_of(&host, "shop"), 3);
+
+    // A broken update is reported and the live version keeps serving.
+    kubelet_update(
+        &volume,
+        &[("wasm-host.toml", "[app.shop]\ncomponent = 7\n")],
+        5,
+    );
+    host.wait_log(
+        "the changed config file was not applied",
+        Duration::from_secs(10),
+    );
+    assert_eq!(body_at(&addr, "x", "/").await, "hello from v3\n");
+    // And the next good one goes through.
+    kubelet_update(&volume, &[("wasm-host.toml", &config("v1"))], 6);
+    support::wait_for_body(&addr, "/", "from v1", Duration::from_secs(20)).await;
+    assert_eq!(generation_of(&host, "shop"), 4);
 }

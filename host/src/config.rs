@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub engine: EngineSettings,
     /// The config file this came from, which `reload --config` reads again.
     pub file: Option<PathBuf>,
+    /// Whether to apply `file` again whenever its contents change.
+    pub watch_config: bool,
 }
 
 /// One app of a host and where it is reached.
@@ -178,6 +180,7 @@ impl ServeConfig {
             control: input.control.unwrap_or_else(default_control_path),
             admin: input.admin,
             file: None,
+            watch_config: false,
             engine: EngineSettings {
                 max_memory: input.max_memory,
                 cache_dir: (!input.no_cache)

@@ -61,6 +61,7 @@ struct FileSpec {
     cache_dir: Option<String>,
     data_dir: Option<String>,
     tier_up_above: Option<Spanned<String>>,
+    watch_config: Option<bool>,
     #[serde(default, rename = "app")]
     apps: BTreeMap<String, Spanned<AppSpec>>,
 }
@@ -215,6 +216,7 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
             ..EngineSettings::default()
         },
         file: Some(file.to_path_buf()),
+        watch_config: spec.watch_config.unwrap_or(true),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod config_file;
+pub mod config_watch;
 pub mod control;
 pub mod engine;
 pub mod fleet;

@@ -20,7 +20,7 @@ use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
 use crate::fleet::{Applied, Fleet};
-use crate::{admin, signals};
+use crate::{admin, config_watch, signals};
 
 /// An ask to apply the config file again (or another file), with the
 /// channel its outcome goes back on.
@@ -66,6 +66,9 @@ pub async fn serve(
 
     signals::spawn(apps.clone(), shutdown.clone())?;
     let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
+    if let (Some(file), true) = (&config.file, config.watch_config) {
+        config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;
+    }
     let asks = config.file.is_some().then_some(asks);
     let control_task = control_plane.spawn(control.serve(apps.clone(), asks, shutdown.clone()));
     // On the control plane too: health checks must answer under full load,
