@@ -20,6 +20,7 @@ use crate::fleet::Applied;
 use crate::kv::StoreChoice;
 use crate::limits::Limits;
 use crate::logfile::{self, LogSettings};
+use crate::oci::Reference;
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
@@ -69,14 +70,18 @@ enum Command {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// The component to serve (a .wasm exporting wasi:http/incoming-handler),
-    /// or the directory of a Rust crate to build with cargo for
-    /// wasm32-wasip2, serve, and rebuild on every save.
-    #[arg(value_name = "APP.wasm|DIR", required_unless_present = "config")]
+    /// the directory of a Rust crate to build with cargo for
+    /// wasm32-wasip2, serve, and rebuild on every save, or a component in
+    /// an OCI registry (oci://REGISTRY/REPO:TAG or …@sha256:DIGEST).
+    #[arg(
+        value_name = "APP.wasm|DIR|oci://…",
+        required_unless_present = "config"
+    )]
     component: Option<PathBuf>,
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "keyvalue", "shared_bucket", "config_var"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "keyvalue", "shared_bucket", "config_var", "watch_tag"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -93,6 +98,11 @@ struct ServeArgs {
     /// not rebuild when its sources change).
     #[arg(long)]
     no_watch: bool,
+    /// For an oci:// component named by tag: ask the registry this often
+    /// (give or take a quarter, so a fleet does not swap in lockstep)
+    /// whether the tag moved, and reload when it did.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    watch_tag: Option<Duration>,
     /// How long an old version may finish its work after a reload (and
     /// every version at shutdown) before what is left is force-ended.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
@@ -287,6 +297,11 @@ impl ReloadArgs {
             [app, path, ..] => (Some(app.clone()), Some(path)),
         };
         let path = match path {
+            // A registry reference goes to the host as written; it pulls.
+            Some(p) if Reference::is_oci(p) => {
+                p.parse::<Reference>().map_err(anyhow::Error::msg)?;
+                Some(PathBuf::from(p))
+            }
             Some(p) => Some(
                 std::path::absolute(p).with_context(|| format!("cannot resolve the path {p}"))?,
             ),
@@ -383,6 +398,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 (Some(file), _) => config_file::load(file, &overrides)?,
                 (None, Some(component)) => ServeConfig::new(ServeInput {
                     component,
+                    watch_tag: args.watch_tag,
                     listen: args.listen,
                     control: args.control,
                     admin: args.admin,
@@ -617,6 +633,9 @@ fn print_status(report: &StatusReport) {
             app.reloads_unchanged,
             app.reloads_refused
         );
+        if let Some(source) = &app.source {
+            println!("source: {source}");
+        }
         if !app.keyvalue.is_empty() {
             println!("key-value store: {}", app.keyvalue);
         }

@@ -16,6 +16,7 @@ use crate::app::AppSettings;
 use crate::engine::EngineSettings;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
+use crate::oci::Reference;
 use crate::outgoing::OutgoingPolicy;
 use crate::routes::Route;
 use crate::source::SourceCrate;
@@ -56,6 +57,12 @@ pub struct AppConfig {
     /// The crate the component is built from, when serving a directory;
     /// `settings.path` is then filled in by its first build.
     pub source: Option<SourceCrate>,
+    /// The registry reference the component is pulled from, when it is one;
+    /// `settings.path` is then the pulled file.
+    pub oci: Option<Reference>,
+    /// How often to ask the registry whether the tag moved (and reload if
+    /// it did), for an app pulled by tag.
+    pub watch_tag: Option<Duration>,
 }
 
 /// Components larger than this go live on quickly compiled code by default.
@@ -64,8 +71,11 @@ pub const DEFAULT_TIER_UP_ABOVE: usize = 1 << 20;
 /// The raw values of `serve`'s flags, before validation.
 #[derive(Clone, Debug)]
 pub struct ServeInput {
-    /// Path of the component, or of a crate directory to build it from.
+    /// Path of the component, of a crate directory to build it from, or an
+    /// `oci://` reference.
     pub component: PathBuf,
+    /// Poll the `oci://` tag this often and reload when it moves.
+    pub watch_tag: Option<Duration>,
     /// Listen address.
     pub listen: SocketAddr,
     /// Control socket, or the default.
@@ -112,9 +122,23 @@ pub struct ServeInput {
 impl ServeConfig {
     /// Checks `input` and resolves defaults.
     pub fn new(input: ServeInput) -> Result<Self> {
-        let path = std::path::absolute(&input.component)
-            .with_context(|| format!("cannot resolve the path {}", input.component.display()))?;
-        let source = if path.is_dir() {
+        let oci = match input.component.to_str() {
+            Some(text) if Reference::is_oci(text) => {
+                Some(text.parse::<Reference>().map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        check_watch_tag(oci.as_ref(), input.watch_tag).map_err(anyhow::Error::msg)?;
+        let path = match &oci {
+            // Filled in by the first pull.
+            Some(_) => PathBuf::new(),
+            None => std::path::absolute(&input.component).with_context(|| {
+                format!("cannot resolve the path {}", input.component.display())
+            })?,
+        };
+        let source = if oci.is_some() {
+            None
+        } else if path.is_dir() {
             Some(SourceCrate::open(&path)?)
         } else {
             check_component_file(&path)?;
@@ -133,9 +157,10 @@ impl ServeConfig {
                 bail!("{name} must be greater than zero");
             }
         }
-        let name = match &source {
-            Some(source) => source.name(),
-            None => path
+        let name = match (&source, &oci) {
+            (Some(source), _) => source.name(),
+            (None, Some(oci)) => oci.app_name(),
+            (None, None) => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "app".to_string()),
@@ -172,8 +197,11 @@ impl ServeConfig {
             },
             listen: vec![input.listen],
             route: Route::any(),
-            watch: input.watch,
+            // A pulled file never changes; a tag is watched with --watch-tag.
+            watch: input.watch && oci.is_none(),
             source,
+            oci,
+            watch_tag: input.watch_tag,
         };
         Ok(Self {
             apps: vec![app],
@@ -189,6 +217,26 @@ impl ServeConfig {
                 ..EngineSettings::default()
             },
         })
+    }
+}
+
+/// Refuses `--watch-tag` where there is no tag to watch.
+pub(crate) fn check_watch_tag(
+    oci: Option<&Reference>,
+    every: Option<Duration>,
+) -> Result<(), String> {
+    let Some(every) = every else { return Ok(()) };
+    match oci {
+        None => Err(
+            "watch_tag needs an oci:// component; a file is watched for changes by itself".into(),
+        ),
+        Some(r) if r.tag.is_none() || r.digest.is_some() => Err(format!(
+            "watch_tag needs a tag to watch, and {r} is pinned by digest"
+        )),
+        Some(_) if every < Duration::from_secs(1) => {
+            Err("watch_tag must be at least 1s; registries rate-limit tight polls".into())
+        }
+        Some(_) => Ok(()),
     }
 }
 

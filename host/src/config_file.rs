@@ -19,11 +19,13 @@ use toml::Spanned;
 use crate::app::AppSettings;
 use crate::config::{
     AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, check_component_file,
-    default_cache_dir, default_control_path, parse_duration, parse_host_port, parse_size,
+    check_watch_tag, default_cache_dir, default_control_path, parse_duration, parse_host_port,
+    parse_size,
 };
 use crate::engine::EngineSettings;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
+use crate::oci::Reference;
 use crate::outgoing::OutgoingPolicy;
 use crate::routes::Route;
 use crate::source::SourceCrate;
@@ -89,6 +91,7 @@ struct AppSpec {
     max_queue: Option<usize>,
     max_body: Option<Spanned<String>>,
     watch: Option<bool>,
+    watch_tag: Option<Spanned<String>>,
     reuse_instances: Option<Spanned<u32>>,
     keyvalue: Option<Spanned<String>>,
     #[serde(default)]
@@ -240,8 +243,23 @@ fn app_config(
             format!("app name `{name}`: use letters, digits, `-`, `_` and `.` only"),
         );
     }
-    let component = base.join(app.component.get_ref());
-    let source = if component.is_dir() {
+    let oci = Reference::is_oci(app.component.get_ref())
+        .then(|| problems.check(&app.component, |text| text.parse::<Reference>()))
+        .flatten();
+    let watch_tag = app.watch_tag.as_ref().and_then(|every| {
+        let every = problems.check(every, |text| parse_duration(text))?;
+        problems.check(app.watch_tag.as_ref()?, |_| {
+            check_watch_tag(oci.as_ref(), Some(every)).map(|()| every)
+        })
+    });
+    // A pulled component's path is filled in by its first pull.
+    let component = match oci {
+        Some(_) => PathBuf::new(),
+        None => base.join(app.component.get_ref()),
+    };
+    let source = if Reference::is_oci(app.component.get_ref()) {
+        None
+    } else if component.is_dir() {
         problems.check(&app.component, |_| {
             SourceCrate::open(&component).map_err(|e| format!("{e:#}"))
         })
@@ -388,8 +406,11 @@ fn app_config(
             hosts: app.hosts.clone(),
             path,
         },
-        watch: app.watch.unwrap_or(true),
+        // A pulled file never changes; a tag is watched with watch_tag.
+        watch: app.watch.unwrap_or(true) && oci.is_none(),
         source,
+        oci,
+        watch_tag,
     })
 }
 

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, ReloadOutcome};
 use crate::apps::Apps;
 use crate::fleet::Applied;
+use crate::oci::{Puller, Reference};
+use crate::pull;
 use crate::rollout::CanaryPlan;
 use crate::serve::ConfigAsk;
 
@@ -133,6 +135,10 @@ pub struct AppStatus {
     /// Where the app's key-value buckets live.
     #[serde(default)]
     pub keyvalue: String,
+    /// The registry reference the live version was pulled from, pinned to
+    /// its digest; `None` for a local file.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// A snapshot of one version.
@@ -218,6 +224,7 @@ impl ControlSocket {
     pub async fn serve(
         self,
         apps: Arc<Apps>,
+        puller: Arc<Puller>,
         config: Option<mpsc::Sender<ConfigAsk>>,
         shutdown: CancellationToken,
     ) {
@@ -232,9 +239,9 @@ impl ControlSocket {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let (apps, config) = (apps.clone(), config.clone());
+            let (apps, puller, config) = (apps.clone(), puller.clone(), config.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &apps, config.as_ref()).await {
+                if let Err(e) = answer(stream, &apps, &puller, config.as_ref()).await {
                     tracing::warn!(error = %format!("{e:#}"), "control request failed");
                 }
             });
@@ -252,13 +259,14 @@ impl Drop for ControlSocket {
 async fn answer(
     stream: UnixStream,
     apps: &Apps,
+    puller: &Puller,
     config: Option<&mpsc::Sender<ConfigAsk>>,
 ) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
-        Ok(request) => match act(request, apps, config).await {
+        Ok(request) => match act(request, apps, puller, config).await {
             Ok(reply) => reply,
             Err(error) => ControlReply::Failed { error },
         },
@@ -276,6 +284,7 @@ async fn answer(
 async fn act(
     request: ControlRequest,
     apps: &Apps,
+    puller: &Puller,
     config: Option<&mpsc::Sender<ConfigAsk>>,
 ) -> Result<ControlReply, String> {
     let changed = |result: Result<ReloadOutcome, crate::app::ReloadError>| {
@@ -286,10 +295,26 @@ async fn act(
     match request {
         ControlRequest::Reload { app, path, canary } => {
             let app = apps.find(app.as_deref())?;
-            match canary {
-                Some(plan) => changed(app.start_canary(path, plan).await),
-                None => changed(app.reload(path).await),
+            let reference = match path.as_ref().and_then(|p| p.to_str()) {
+                Some(text) if Reference::is_oci(text) => Some(text.parse::<Reference>()?),
+                Some(_) => None,
+                // No component named: a pulled app pulls its tag again.
+                None => pull::retag(&app, puller),
+            };
+            if let Some(reference) = reference {
+                return pull::reload(&app, puller, &reference, canary)
+                    .await
+                    .map(ControlReply::Reloaded);
             }
+            let (named, as_canary) = (path.is_some(), canary.is_some());
+            let result = match canary {
+                Some(plan) => app.start_canary(path, plan).await,
+                None => app.reload(path).await,
+            };
+            if result.is_ok() && named && !as_canary {
+                puller.forget(app.name());
+            }
+            changed(result)
         }
         ControlRequest::Promote { app } => changed(apps.find(app.as_deref())?.promote().await),
         ControlRequest::Abort { app } => changed(apps.find(app.as_deref())?.abort().await),
@@ -319,13 +344,13 @@ async fn act(
                     rss_bytes: resident_bytes(),
                     log_dir: crate::logfile::dir(),
                 },
-                apps: chosen.iter().map(|app| status(app)).collect(),
+                apps: chosen.iter().map(|app| status(app, puller)).collect(),
             }))
         }
     }
 }
 
-fn status(app: &App) -> AppStatus {
+fn status(app: &App, puller: &Puller) -> AppStatus {
     let (reloads_ok, reloads_unchanged, reloads_refused) = app.metrics().reloads();
     let versions = app
         .versions()
@@ -350,6 +375,7 @@ fn status(app: &App) -> AppStatus {
         canary_percent: app.canary_percent(),
         versions,
         keyvalue: app.keyvalue().describe(),
+        source: puller.origin(app.name()).map(|r| r.to_string()),
     }
 }
 

@@ -26,8 +26,9 @@ use crate::apps::Apps;
 use crate::config::AppConfig;
 use crate::engine::Runtime;
 use crate::kv::Stores;
+use crate::oci::{Puller, Reference};
 use crate::routes::RouteTable;
-use crate::{server, source, watch};
+use crate::{pull, server, source, watch};
 
 /// What applying a config did, app by app.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,8 @@ pub struct Fleet {
     retiring: TaskTracker,
     /// Open key-value stores, shared by every app using the same one.
     stores: Stores,
+    /// Pulls the apps named by `oci://` reference.
+    puller: Arc<Puller>,
 }
 
 impl Fleet {
@@ -79,6 +82,7 @@ impl Fleet {
         runtime: Runtime,
         control_plane: tokio::runtime::Handle,
         shutdown: CancellationToken,
+        puller: Arc<Puller>,
     ) -> Self {
         Self {
             runtime,
@@ -89,6 +93,7 @@ impl Fleet {
             table: Arc::new(Apps::new(Vec::new())),
             retiring: TaskTracker::new(),
             stores: Stores::new(),
+            puller,
         }
     }
 
@@ -143,6 +148,7 @@ impl Fleet {
         mut bound: HashMap<SocketAddr, TcpListener>,
     ) -> Result<Applied> {
         let mut applied = Applied::default();
+        let (configs, pins) = self.pull(configs).await?;
         // Start what is new or changed first; until all of it loads,
         // nothing running is touched.
         let mut fresh: HashMap<String, Running> = HashMap::new();
@@ -207,6 +213,9 @@ impl Fleet {
         self.route(&mut bound);
         self.table
             .set(self.apps.iter().map(|(_, r)| r.app.clone()).collect());
+        for (name, pinned) in pins {
+            self.puller.remember(&name, &pinned);
+        }
 
         for (app, path) in reloads {
             match app.reload(Some(path)).await {
@@ -230,6 +239,35 @@ impl Fleet {
         }
         self.retiring.close();
         self.retiring.wait().await;
+    }
+
+    /// Fills in the file of every app named by registry reference: pulled
+    /// when the reference is new to the app, else the one it runs. Any
+    /// failed pull refuses the whole config. Returns what was pulled.
+    async fn pull(
+        &self,
+        mut configs: Vec<AppConfig>,
+    ) -> Result<(Vec<AppConfig>, Vec<(String, Reference)>)> {
+        let mut pins = Vec::new();
+        for config in &mut configs {
+            let Some(reference) = &config.oci else {
+                continue;
+            };
+            let name = &config.settings.name;
+            if let Some(old) = self
+                .running(name)
+                .filter(|old| old.config.oci.as_ref() == Some(reference))
+            {
+                config.settings.path = old.config.settings.path.clone();
+                continue;
+            }
+            let pulled = self.puller.pull(reference).await.with_context(|| {
+                format!("app `{name}`: cannot pull its component; nothing changed")
+            })?;
+            config.settings.path = pulled.path;
+            pins.push((name.clone(), pulled.reference));
+        }
+        Ok((configs, pins))
     }
 
     fn running(&self, name: &str) -> Option<&Running> {
@@ -263,6 +301,9 @@ impl Fleet {
             )?,
             (None, true) => watch::spawn(app.clone(), stop.clone())?,
             (_, false) => {}
+        }
+        if let (Some(_), Some(every)) = (&config.oci, config.watch_tag) {
+            pull::watch_tag(app.clone(), self.puller.clone(), every, stop.clone());
         }
         Ok(Running {
             app,
@@ -340,6 +381,7 @@ impl Fleet {
 fn same_except_path(old: &AppConfig, new: &AppConfig) -> bool {
     let mut new = new.clone();
     new.settings.path = old.settings.path.clone();
+    new.oci = old.oci.clone();
     *old == new
 }
 

@@ -8,6 +8,7 @@
 //! version must load before the first connection is accepted.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpListener;
@@ -15,11 +16,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::Inherited;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, default_cache_dir};
 use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
 use crate::fleet::{Applied, Fleet};
+use crate::oci::Puller;
 use crate::{admin, config_watch, signals};
 
 /// An ask to apply the config file again (or another file), with the
@@ -56,10 +58,19 @@ pub async fn serve(
     // of its own: under full load it must not wait behind request tasks.
     let control_plane = ControlPlane::start()?;
     let shutdown = CancellationToken::new();
+    // Pulled components sit beside the compiled code, by digest.
+    let pulls = config
+        .engine
+        .cache_dir
+        .clone()
+        .unwrap_or_else(default_cache_dir)
+        .join("oci");
+    let puller = Arc::new(Puller::new(pulls));
     let mut fleet = Fleet::new(
         runtime.clone(),
         control_plane.handle().clone(),
         shutdown.clone(),
+        puller.clone(),
     );
     fleet.apply(config.apps.clone(), bound).await?;
     let apps = fleet.table();
@@ -70,7 +81,8 @@ pub async fn serve(
         config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;
     }
     let asks = config.file.is_some().then_some(asks);
-    let control_task = control_plane.spawn(control.serve(apps.clone(), asks, shutdown.clone()));
+    let control_task =
+        control_plane.spawn(control.serve(apps.clone(), puller, asks, shutdown.clone()));
     // On the control plane too: health checks must answer under full load,
     // and keep answering (not ready) while the host drains.
     let admin_task = match admin {
