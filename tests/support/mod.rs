@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod registry;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -131,11 +132,13 @@ impl Host {
         if !serve.iter().any(|a| a == "--data-dir" || a == "--config") {
             command.arg("--data-dir").arg(dir.path().join("data"));
         }
+        // A private compile and pull cache, unless the test shares one.
+        if !serve.iter().any(|a| a == "--cache-dir") {
+            command.arg("--cache-dir").arg(dir.path().join("cache"));
+        }
         let mut child = command
             .arg("--control")
             .arg(control)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
             .arg("--log-dir")
             .arg(dir.path().join("logs"))
             .env("WASM_HOST_LOG", "info")
