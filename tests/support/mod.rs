@@ -4,6 +4,7 @@
 //! every wait is bounded.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod redis;
 pub mod registry;
 
