@@ -3,7 +3,8 @@
 //! errors reported with line numbers before anything starts, and
 //! `reload --config` starting, stopping, reloading and restarting apps
 //! while leaving the rest alone; the config watch applying kubelet's
-//! ConfigMap updates once per change.
+//! ConfigMap updates (components named by OCI digest, pulled from a real
+//! registry) once per change.
 
 mod support;
 
@@ -11,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{BIN, Host, get, send_with, write_version};
+use support::registry::Registry;
+use support::{BIN, Host, example, get, send_with, stamp, write_version};
 
 /// A loopback address with a port free right now.
 fn free_addr() -> String {
@@ -291,21 +293,21 @@ fn kubelet_update(volume: &Path, files: &[(&str, &str)], serial: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_in_kubelets_layout_reloads_once_per_change() {
-    let dir = tempfile::tempdir().unwrap();
+    // As in contrib/kubernetes: the ConfigMap names each version by digest.
+    let registry = Registry::start(false);
+    let mut digests = std::collections::HashMap::new();
     for version in ["v1", "v2", "v3"] {
-        write_version(
-            &dir.path().join(format!("{version}.wasm")),
-            "hello",
-            version,
-        );
+        let bytes = stamp(&example("hello"), version);
+        digests.insert(version, registry.push("team/shop", version, &bytes).await);
     }
+    let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("configmap");
     std::fs::create_dir(&volume).unwrap();
     let addr = free_addr();
     let config = |version: &str| {
         format!(
-            "[app.shop]\ncomponent = \"{}\"\nlisten = \"{addr}\"\nwatch = false\n",
-            dir.path().join(format!("{version}.wasm")).display()
+            "[app.shop]\ncomponent = \"oci://{}/team/shop@{}\"\nlisten = \"{addr}\"\n",
+            registry.addr, digests[version]
         )
     };
     kubelet_update(&volume, &[("wasm-host.toml", &config("v1"))], 1);
