@@ -42,7 +42,7 @@ pub async fn reload(
 /// pulled by, if it was pulled by one.
 pub fn retag(app: &App, puller: &Puller) -> Option<Reference> {
     let origin = puller.origin(app.name())?;
-    origin.tag.is_some().then(|| Reference {
+    origin.tag.is_some().then_some(Reference {
         digest: None,
         ..origin
     })
