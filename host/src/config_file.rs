@@ -589,6 +589,37 @@ component = "a.wasm"
     }
 
     #[test]
+    fn oci_components_and_watched_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"x").unwrap();
+        let config = parse_in(
+            dir.path(),
+            "[app.shop]\ncomponent = \"oci://127.0.0.1:5000/team/shop:v1\"\nwatch_tag = \"30s\"\n",
+        )
+        .unwrap();
+        let shop = &config.apps[0];
+        assert_eq!(shop.oci.as_ref().unwrap().tag.as_deref(), Some("v1"));
+        assert_eq!(shop.watch_tag, Some(Duration::from_secs(30)));
+        assert!(!shop.watch, "a pulled file is not watched");
+        assert!(config.watch_config);
+
+        let err = parse_in(
+            dir.path(),
+            "[app.a]\ncomponent = \"a.wasm\"\nwatch_tag = \"30s\"\n[app.b]\ncomponent = \"oci://reg.example/B:1\"\npath = \"/b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("wasm-host.toml:3: watch_tag needs an oci:// component"),
+            "{err}"
+        );
+        assert!(
+            err.contains("wasm-host.toml:5: ") && err.contains("lowercase"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_and_unknown_keys_name_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let err = parse_in(
