@@ -13,13 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::registry::Registry;
-use support::{BIN, Host, example, get, send_with, stamp, write_version};
-
-/// A loopback address with a port free right now.
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
+use support::{BIN, Host, example, free_addr, get, send_with, stamp, write_version};
 
 /// The body of `GET path` with `Host: host`, which must be a 200.
 async fn body_at(addr: &str, host: &str, path: &str) -> String {
@@ -349,8 +343,26 @@ async fn a_configmap_update_in_kubelets_layout_reloads_once_per_change() {
         Duration::from_secs(10),
     );
     assert_eq!(body_at(&addr, "x", "/").await, "hello from v3\n");
+    // So is one naming a digest the registry does not have.
+    let missing = format!(
+        "[app.shop]\ncomponent = \"oci://{}/team/shop@sha256:{}\"\nlisten = \"{addr}\"\n",
+        registry.addr,
+        "0".repeat(64)
+    );
+    kubelet_update(&volume, &[("wasm-host.toml", &missing)], 6);
+    let refusals = |host: &Host| host.log_lines(&["the changed config file was not applied"]);
+    for _ in 0..100 {
+        if refusals(&host).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = refusals(&host);
+    assert_eq!(said.len(), 2, "{}", host.log_text());
+    assert!(said[1].contains("no manifest with digest"), "{}", said[1]);
+    assert_eq!(body_at(&addr, "x", "/").await, "hello from v3\n");
     // And the next good one goes through.
-    kubelet_update(&volume, &[("wasm-host.toml", &config("v1"))], 6);
+    kubelet_update(&volume, &[("wasm-host.toml", &config("v1"))], 7);
     support::wait_for_body(&addr, "/", "from v1", Duration::from_secs(20)).await;
     assert_eq!(generation_of(&host, "shop"), 4);
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::nginx::Nginx;
-use support::{H1, Host, get, write_version};
+use support::{H1, Host, free_addr, get, write_version};
 
 /// Clients sending requests through nginx, each on its own connection.
 const CLIENTS: usize = 8;
@@ -29,11 +29,6 @@ struct Tally {
     errors: Vec<String>,
     /// Answers from v1 to requests sent after the last host was reloaded.
     stale: u64,
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 fn write_config(file: &Path, addr: &str, component: &Path) {

@@ -64,6 +64,15 @@ pub fn write_version(path: &Path, name: &str, version: &str) {
     std::fs::write(path, stamp(&example(name), version)).expect("write component");
 }
 
+/// A loopback `127.0.0.1:PORT` with a port free right now, for a server
+/// the test starts on it.
+pub fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .to_string()
+}
+
 /// Log lines of a running host, with the moment each was read.
 #[derive(Default)]
 struct LogBook {

@@ -19,11 +19,7 @@ impl Nginx {
     /// Starts nginx in front of `upstreams` and waits until it listens.
     pub fn start(upstreams: &[String]) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = super::free_addr();
         let servers: String = upstreams
             .iter()
             .map(|u| format!("    server {u} max_fails=1 fail_timeout=2s;\n"))

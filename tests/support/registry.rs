@@ -38,11 +38,7 @@ impl Registry {
     /// waits until it answers.
     pub fn start(auth: bool) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = super::free_addr();
         let mut registry = Registry {
             child: None,
             addr,
@@ -74,7 +70,12 @@ impl Registry {
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // It logs each 404 the error tests provoke; kept beside its data.
+            .stderr(
+                std::fs::File::create(self.dir.path().join("registry.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
             .spawn()
             .expect("docker-registry runs (install it with `apt-get install docker-registry`)");
         self.child = Some(child);
