@@ -214,7 +214,10 @@ impl Fleet {
         self.table
             .set(self.apps.iter().map(|(_, r)| r.app.clone()).collect());
         for (name, pinned) in pins {
-            self.puller.remember(&name, &pinned);
+            match pinned {
+                Some(pinned) => self.puller.remember(&name, &pinned),
+                None => self.puller.forget(&name),
+            }
         }
 
         for (app, path) in reloads {
@@ -243,17 +246,24 @@ impl Fleet {
 
     /// Fills in the file of every app named by registry reference: pulled
     /// when the reference is new to the app, else the one it runs. Any
-    /// failed pull refuses the whole config. Returns what was pulled.
+    /// failed pull refuses the whole config. Returns what each app now
+    /// runs, where that changes: a pull, or (`None`) a file again.
     async fn pull(
         &self,
         mut configs: Vec<AppConfig>,
-    ) -> Result<(Vec<AppConfig>, Vec<(String, Reference)>)> {
+    ) -> Result<(Vec<AppConfig>, Vec<(String, Option<Reference>)>)> {
         let mut pins = Vec::new();
         for config in &mut configs {
+            let name = &config.settings.name;
             let Some(reference) = &config.oci else {
+                if self
+                    .running(name)
+                    .is_none_or(|old| old.config.oci.is_some())
+                {
+                    pins.push((name.clone(), None));
+                }
                 continue;
             };
-            let name = &config.settings.name;
             if let Some(old) = self
                 .running(name)
                 .filter(|old| old.config.oci.as_ref() == Some(reference))
@@ -265,7 +275,7 @@ impl Fleet {
                 format!("app `{name}`: cannot pull its component; nothing changed")
             })?;
             config.settings.path = pulled.path;
-            pins.push((name.clone(), pulled.reference));
+            pins.push((name.clone(), Some(pulled.reference)));
         }
         Ok((configs, pins))
     }
