@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::serve::ConfigAsk;
+use crate::version::Digest;
 use crate::watch;
 
 /// Quiet time after the last event before the file is read: kubelet's swap
@@ -28,20 +28,15 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The digest of the bytes behind `file` (symlinks followed), or `None`
 /// while it cannot be read, e.g. between a delete and a recreate.
-fn fingerprint(file: &Path) -> Option<[u8; 32]> {
-    std::fs::read(file)
-        .ok()
-        .map(|bytes| Sha256::digest(bytes).into())
+fn fingerprint(file: &Path) -> Option<Digest> {
+    std::fs::read(file).ok().map(|bytes| Digest::of(&bytes))
 }
 
 /// Watches `file` until `stop` fires, asking on `asks` to apply it again
 /// each time its contents change.
 pub fn spawn(file: PathBuf, asks: mpsc::Sender<ConfigAsk>, stop: CancellationToken) -> Result<()> {
     let (mut watcher, mut events) = watch::watcher()?;
-    let dir = match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = watch::parent(&file);
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch the directory {}", dir.display()))?;

@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
-
 pub use reference::{Reference, SCHEME};
 use registry::Registry;
+
+use crate::version::Digest;
 
 /// The manifest kinds a pull asks for.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json";
@@ -266,13 +266,7 @@ impl Puller {
 
 /// `sha256:<hex>` of `bytes`.
 fn sha256(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut text = String::with_capacity(71);
-    text.push_str("sha256:");
-    for b in hash {
-        text.push_str(&format!("{b:02x}"));
-    }
-    text
+    format!("sha256:{}", Digest::of(bytes))
 }
 
 fn check_digest(

@@ -109,7 +109,8 @@ fn retarget(watcher: &mut RecommendedWatcher, old: &Path, new: &Path) {
     }
 }
 
-fn parent(file: &Path) -> PathBuf {
+/// The directory a watch on `file` must watch (`.` for a bare name).
+pub(crate) fn parent(file: &Path) -> PathBuf {
     match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
