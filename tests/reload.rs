@@ -482,6 +482,59 @@ async fn versions_go_live_on_quick_code_and_move_to_optimized_code_unnoticed() {
     );
 }
 
+/// The live version's tier, as `status --json` reports it.
+fn live_tier(host: &Host) -> String {
+    let status = host.status_json();
+    let versions = status["apps"][0]["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let live = versions
+        .iter()
+        .find(|v| v["state"] == "live")
+        .unwrap_or_else(|| panic!("no live version in {status}"));
+    live["tier"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_goes_live_on_optimized_code_from_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("hello.wasm");
+    write_version(&v1, "hello", "v1");
+    let cache = dir.path().join("cache");
+    let args = [
+        "--no-watch",
+        "--tier-up-above",
+        "0",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+
+    let mut first = Host::start(&v1, &args);
+    let loaded = first.wait_log("version loaded", Duration::from_secs(5));
+    assert!(loaded.contains("baseline"), "{loaded}");
+    first.wait_log("version optimized", Duration::from_secs(30));
+    assert_eq!(live_tier(&first), "optimized");
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+
+    // Same bytes, same cache: no quick tier, no tier-up, straight to the
+    // optimized code compiled by the first host.
+    let second = Host::start(&v1, &args);
+    let loaded = second.wait_log("version loaded", Duration::from_secs(5));
+    assert!(loaded.contains("optimized"), "{loaded}");
+    assert_eq!(live_tier(&second), "optimized");
+    assert_eq!(
+        get(&second.addr, "/").await.unwrap().body,
+        "hello from v1\n"
+    );
+    assert!(second.log_lines(&["version optimized"]).is_empty());
+    // wasmtime's own cache sits in a folder of its own, so its cleanup
+    // cannot delete the host's other files (pulled components, marks).
+    assert!(cache.join("code").is_dir());
+    assert!(cache.join("optimized").is_dir());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_hooks_gate_the_reload_and_hear_the_drain() {
     let dir = tempfile::tempdir().unwrap();

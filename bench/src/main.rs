@@ -8,6 +8,7 @@
 //! installed), and a native hyper server; reload latency and latency during
 //! a reload storm; and resident memory after 1 and after many reloads.
 
+mod cold;
 mod load;
 mod native;
 mod report;
@@ -16,8 +17,6 @@ mod servers;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -113,7 +112,8 @@ fn main() -> Result<()> {
     }
     if wanted(Section::Cold) {
         let big = repo.join("examples/target/wasm32-wasip2/release/big.wasm");
-        cold_big(&cli, &tools, &component, &big, &mut report)?;
+        let cold = cold::measure(&tools, &component, &big, cli.duration, cli.connections)?;
+        report.cold(cold);
     }
     if wanted(Section::Memory) {
         memory(&cli, &tools, &component, &hello, &mut report)?;
@@ -246,26 +246,6 @@ fn throughput(
     Ok(())
 }
 
-/// Sends one reload to `server` and waits for its outcome.
-fn reload(server: &Server, path: &Path) -> Result<wasm_host::app::ReloadOutcome> {
-    let control = server
-        .control
-        .as_deref()
-        .context("not a wasm-host server")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let request = wasm_host::control::ControlRequest::Reload {
-        app: None,
-        path: Some(path.to_path_buf()),
-        canary: None,
-    };
-    match rt.block_on(wasm_host::control::send(control, &request))? {
-        wasm_host::control::ControlReply::Reloaded(outcome) => Ok(outcome),
-        other => bail!("reload failed: {other:?}"),
-    }
-}
-
 /// Load at rest, then the same load with a reload every `--reload-every`.
 fn storm(
     cli: &Cli,
@@ -281,10 +261,10 @@ fn storm(
     for n in 0..3 {
         let path = tools.scratch.join(format!("storm-{n}.wasm"));
         std::fs::write(&path, stamp(hello, &format!("s{n}"))?)?;
-        reload(&server, &path)?;
+        server.reload(&path)?;
         cycle.push((format!("hello from s{n}"), path));
     }
-    reload(&server, component)?;
+    server.reload(component)?;
     let count = (cli.duration.as_millis() / cli.reload_every.as_millis()) as usize;
     let versions: Vec<_> = cycle.iter().cycle().take(count).cloned().collect();
 
@@ -301,7 +281,7 @@ fn storm(
         let mut sent = Vec::new();
         for (body, path) in &versions {
             let at = Instant::now();
-            let outcome = reload(&server, path)?;
+            let outcome = server.reload(path)?;
             sent.push((body.clone(), at, Duration::from_micros(outcome.reload_us)));
             std::thread::sleep(cli.reload_every.saturating_sub(at.elapsed()));
         }
@@ -327,14 +307,14 @@ fn storm(
     for n in 0..5 {
         let path = tools.scratch.join(format!("cold-{n}.wasm"));
         std::fs::write(&path, stamp(hello, &format!("c{n}"))?)?;
-        cold.push(Duration::from_micros(reload(&server, &path)?.reload_us));
+        cold.push(Duration::from_micros(server.reload(&path)?.reload_us));
         cold_paths.push(path);
     }
     // The same five again, in order: each has just fallen out of the
     // in-memory cache, so its code comes from the on-disk cache.
     let mut disk = Vec::new();
     for path in &cold_paths {
-        let outcome = reload(&server, path)?;
+        let outcome = server.reload(path)?;
         if !outcome.cached {
             disk.push(Duration::from_micros(outcome.reload_us));
         }
@@ -358,96 +338,6 @@ fn sent_offsets(result: &LoadResult, sent: &[(String, Instant, Duration)]) -> Ve
         .collect()
 }
 
-/// A cold reload of a large component under load: how long until it
-/// serves, and what its compilation does to the other traffic's p99.
-fn cold_big(
-    cli: &Cli,
-    tools: &Tools,
-    component: &Path,
-    big: &Path,
-    report: &mut report::Report,
-) -> Result<()> {
-    let size = std::fs::metadata(big)
-        .context("big.wasm was not built")?
-        .len();
-    let server = Server::start(&Kind::WasmHost(vec![]), tools, component)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let spec = LoadSpec {
-        addr: server.addr,
-        connections: cli.connections,
-        // Long enough for any compile; the run stops once the new version
-        // has served for a while.
-        duration: cli.duration * 2 + Duration::from_secs(120),
-        keep_alive: true,
-        stop: Some(stop.clone()),
-    };
-    let (result, sent, outcome, done) = std::thread::scope(|scope| -> Result<_> {
-        let loader = scope.spawn(|| load::run(&spec));
-        std::thread::sleep(cli.duration);
-        let sent = Instant::now();
-        let outcome = reload(&server, big);
-        let done = Instant::now();
-        std::thread::sleep(cli.duration);
-        stop.store(true, Ordering::Relaxed);
-        let outcome = outcome?;
-        let result = loader
-            .join()
-            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-        Ok((result, sent, outcome, done))
-    })?;
-    let at_rest = result.window(Duration::ZERO, cli.duration);
-    let compiling = result.window(
-        sent.saturating_duration_since(result.started),
-        done.saturating_duration_since(result.started) + load::BUCKET,
-    );
-    let serving = result
-        .first_answer(&format!("big {}", "v1"), sent)
-        .map(|at| at.saturating_duration_since(sent));
-    let reference = tools.wasmtime.as_ref().map(|w| {
-        (
-            time_compile(w, big, "cranelift"),
-            time_compile(w, big, "winch"),
-        )
-    });
-    println!(
-        "cold reload of {:.1} MB: compiled in {} ms, serving after {:?}; p99 {:.2} ms at rest, {:.2} ms while compiling; {} errors",
-        size as f64 / 1e6,
-        outcome.compile_ms,
-        serving,
-        at_rest.value_at_quantile(0.99) as f64 / 1000.0,
-        compiling.value_at_quantile(0.99) as f64 / 1000.0,
-        result.errors
-    );
-    report.cold(report::Cold {
-        size,
-        compile_ms: outcome.compile_ms,
-        serving,
-        rest_p99_ms: at_rest.value_at_quantile(0.99) as f64 / 1000.0,
-        compiling_p99_ms: compiling.value_at_quantile(0.99) as f64 / 1000.0,
-        errors: result.errors,
-        reference,
-    });
-    Ok(())
-}
-
-/// Wall time of `wasmtime compile` with `compiler`, for reference.
-fn time_compile(wasmtime: &Path, component: &Path, compiler: &str) -> Option<Duration> {
-    let out = std::env::temp_dir().join(format!("wasm-host-bench-{compiler}.cwasm"));
-    let started = Instant::now();
-    let status = Command::new(wasmtime)
-        .arg("compile")
-        .arg("-C")
-        .arg(format!("compiler={compiler}"))
-        .arg("-o")
-        .arg(&out)
-        .arg(component)
-        .status()
-        .ok()?;
-    let took = started.elapsed();
-    let _ = std::fs::remove_file(&out);
-    status.success().then_some(took)
-}
-
 /// Resident memory after one reload and after `--reloads` reloads.
 fn memory(
     cli: &Cli,
@@ -468,13 +358,13 @@ fn memory(
             stop: None,
         })
     };
-    reload(&server, &other)?;
+    server.reload(&other)?;
     exercise()?;
     std::thread::sleep(Duration::from_millis(300));
     let after_one = server.rss_kib()?;
     let started = Instant::now();
     for n in 0..cli.reloads {
-        reload(&server, if n % 2 == 0 { component } else { &other })?;
+        server.reload(if n % 2 == 0 { component } else { &other })?;
         if n % 100 == 99 {
             exercise()?;
         }

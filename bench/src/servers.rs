@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use wasm_host::app::ReloadOutcome;
+use wasm_host::control::{AppStatus, ControlReply, ControlRequest};
 
 /// The flags that took `wasmtime serve` from ~7.9k to ~19.5k req/s here.
 pub const WASMTIME_TUNED: &[&str] = &[
@@ -121,6 +123,38 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("server on {} did not start within {timeout:?}", self.addr)
+    }
+
+    /// Reloads a `wasm-host` server with the component at `path` and waits
+    /// for its answer.
+    pub fn reload(&self, path: &Path) -> Result<ReloadOutcome> {
+        let request = ControlRequest::Reload {
+            app: None,
+            path: Some(path.to_path_buf()),
+            canary: None,
+        };
+        match self.ask(&request)? {
+            ControlReply::Reloaded(outcome) => Ok(outcome),
+            other => bail!("reload failed: {other:?}"),
+        }
+    }
+
+    /// The status of a `wasm-host` server's only app.
+    pub fn status(&self) -> Result<AppStatus> {
+        match self.ask(&ControlRequest::Status { app: None })? {
+            ControlReply::Status(mut report) if !report.apps.is_empty() => {
+                Ok(report.apps.swap_remove(0))
+            }
+            other => bail!("status failed: {other:?}"),
+        }
+    }
+
+    fn ask(&self, request: &ControlRequest) -> Result<ControlReply> {
+        let control = self.control.as_deref().context("not a wasm-host server")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(wasm_host::control::send(control, request))
     }
 
     /// The process id.

@@ -640,19 +640,20 @@ fn print_status(report: &StatusReport) {
             println!("key-value store: {}", app.keyvalue);
         }
         println!(
-            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}",
-            "gen", "digest", "state", "in-flight", "served", "up", "code"
+            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<9}",
+            "gen", "digest", "state", "in-flight", "served", "up", "code", "tier"
         );
         for v in &app.versions {
             println!(
-                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi",
+                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi  {:<9}",
                 v.generation,
                 &v.digest[..12.min(v.digest.len())],
                 v.state,
                 v.in_flight,
                 v.served,
                 humantime::format_duration(Duration::from_secs(v.uptime_s)).to_string(),
-                v.code_bytes as f64 / (1 << 20) as f64
+                v.code_bytes as f64 / (1 << 20) as f64,
+                v.tier
             );
         }
     }

@@ -158,6 +158,10 @@ pub struct VersionStatus {
     pub uptime_s: u64,
     /// Bytes of compiled code it keeps mapped.
     pub code_bytes: usize,
+    /// `optimized` (Cranelift) or `baseline` (Winch, until optimized code
+    /// takes over).
+    #[serde(default)]
+    pub tier: String,
 }
 
 /// The host's end of the control socket.
@@ -363,6 +367,7 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             served: v.served(),
             uptime_s: v.uptime().as_secs(),
             code_bytes: v.code_bytes(),
+            tier: v.tier().to_string(),
         })
         .collect();
     AppStatus {

@@ -4,15 +4,16 @@
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
 
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
     PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder, Strategy,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -20,6 +21,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::cpu::{self, Urgency};
 use crate::kv::Keyvalue;
 use crate::kv::guest::KvView;
 use crate::metrics::PoolView;
@@ -74,6 +76,9 @@ pub struct Runtime {
     baseline_above: Option<usize>,
     /// Most recently used first.
     linked: Arc<Mutex<Vec<Linked>>>,
+    /// Where a file per digest says its optimized code is in the on-disk
+    /// cache; `None` without a cache.
+    optimized_on_disk: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -84,11 +89,7 @@ impl Runtime {
             .filter_map(|tier| {
                 let pool = tier.engine().pooling_allocator_metrics()?;
                 Some(PoolView {
-                    tier: if tier.is_baseline() {
-                        "baseline"
-                    } else {
-                        "optimized"
-                    },
+                    tier: tier_name(tier.is_baseline()),
                     core_instances: pool.core_instances(),
                     memories: pool.memories(),
                     tables: pool.tables(),
@@ -106,18 +107,58 @@ impl Runtime {
             Some(_) => Some(Tier::new(settings, Strategy::Winch)?),
             None => None,
         };
+        // The marks are only good for code this very engine (same wasmtime,
+        // same settings) could load from the cache.
+        let optimized_on_disk = settings
+            .cache_dir
+            .as_ref()
+            .filter(|_| optimized.cached)
+            .map(|dir| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                optimized
+                    .engine
+                    .precompile_compatibility_hash()
+                    .hash(&mut hasher);
+                dir.join("optimized")
+                    .join(format!("{:016x}", hasher.finish()))
+            });
         Ok(Self {
             optimized,
             baseline,
             baseline_above: settings.baseline_above,
             linked: Arc::default(),
+            optimized_on_disk,
         })
     }
 
-    /// Whether a component of `len` bytes should first be compiled quickly
-    /// (baseline code), then swapped to optimized code when that is ready.
-    pub fn wants_baseline(&self, len: usize) -> bool {
-        self.baseline.is_some() && self.baseline_above.is_some_and(|above| len > above)
+    /// Whether `bytes` (of `digest`) should first be compiled quickly
+    /// (baseline code), then swapped to optimized code when that is ready:
+    /// only large components, and only if their optimized code is not in
+    /// the on-disk cache already (then loading it is quicker still).
+    pub fn wants_baseline(&self, len: usize, digest: Digest) -> bool {
+        self.baseline.is_some()
+            && self.baseline_above.is_some_and(|above| len > above)
+            && !self.optimized_is_on_disk(digest)
+    }
+
+    fn optimized_is_on_disk(&self, digest: Digest) -> bool {
+        self.optimized_on_disk
+            .as_ref()
+            .is_some_and(|dir| dir.join(digest.to_string()).is_file())
+    }
+
+    /// Notes that optimized code for `digest` is now in the on-disk cache,
+    /// so a restarted host (or a rollback beyond the in-memory cache) loads
+    /// it instead of starting on baseline code.
+    pub fn note_optimized_on_disk(&self, digest: Digest) {
+        let Some(dir) = &self.optimized_on_disk else {
+            return;
+        };
+        let noted = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(digest.to_string()), b""));
+        if let Err(e) = noted {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot note optimized code on disk");
+        }
     }
 
     /// The tier that compiles with Winch (fast to compile, slower code) or
@@ -150,12 +191,20 @@ impl Runtime {
     }
 }
 
+/// How status, logs and metrics name the quick (`true`) and the optimized
+/// (`false`) tier.
+pub fn tier_name(baseline: bool) -> &'static str {
+    if baseline { "baseline" } else { "optimized" }
+}
+
 /// One code generator: its engine and the linker for it.
 #[derive(Clone)]
 pub struct Tier {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     baseline: bool,
+    /// Whether compiled code goes to the on-disk cache.
+    cached: bool,
 }
 
 impl Tier {
@@ -181,12 +230,26 @@ impl Tier {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = &settings.cache_dir {
+        if matches!(strategy, Strategy::Winch) {
+            // Winch still leaves the trampolines to Cranelift; this tier is
+            // about compiling soon, so skip optimizing them too.
+            config.cranelift_opt_level(OptLevel::None);
+        }
+        // Baseline code lives for seconds; caching it would only cost time.
+        let cache_dir = settings
+            .cache_dir
+            .as_ref()
+            .filter(|_| !matches!(strategy, Strategy::Winch));
+        let mut cached = false;
+        if let Some(dir) = cache_dir {
             let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
+            // wasmtime's cache cleanup deletes whatever it does not know in
+            // its directory, so it gets one of its own.
+            cache.with_directory(dir.join("code"));
             match Cache::new(cache) {
                 Ok(cache) => {
                     config.cache(Some(cache));
+                    cached = true;
                 }
                 // A cache is an optimization: run without it rather than not at all.
                 Err(e) => {
@@ -227,21 +290,27 @@ impl Tier {
             engine,
             linker: Arc::new(linker),
             baseline: matches!(strategy, Strategy::Winch),
+            cached,
         })
     }
 
     /// Compiles `bytes`. Blocks: call it off the request-serving threads.
     ///
-    /// A component above [`LOW_PRIORITY_ABOVE`] compiles on low-priority
-    /// threads: its compile takes seconds of every core, and traffic must
-    /// keep the CPU meanwhile. A small one compiles at normal priority, so
-    /// a reload under full load still takes a fraction of a second.
+    /// How hard the compile may lean on the CPU depends on what it is for
+    /// (see [`Urgency`]): traffic must keep the CPU while a large component
+    /// compiles, yet the quick tier exists to go live soon.
     pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let low = bytes.len() > LOW_PRIORITY_ABOVE;
-        if low {
-            lower_thread_priority();
+        let urgency = if self.baseline {
+            Urgency::Quick
+        } else if bytes.len() > cpu::LOW_PRIORITY_ABOVE {
+            Urgency::Background
+        } else {
+            Urgency::Normal
+        };
+        if urgency == Urgency::Background {
+            cpu::yield_to_requests(&cpu::COMPILE_BACKGROUND);
         }
-        match compile_pool(low) {
+        match cpu::compile_pool(urgency) {
             // wasmtime's parallel compilation runs in whichever rayon pool
             // the call is installed in.
             Some(pool) => pool.install(|| Component::new(&self.engine, bytes)),
@@ -263,51 +332,6 @@ impl Tier {
     pub fn is_baseline(&self) -> bool {
         self.baseline
     }
-}
-
-/// Nice value of the threads that compile large components: at this
-/// priority the threads that serve requests get the CPU first.
-const COMPILE_NICE: i32 = 10;
-
-/// Components larger than this compile at low priority.
-pub const LOW_PRIORITY_ABOVE: usize = 1 << 20;
-
-/// Lowers the scheduling priority of the calling thread to [`COMPILE_NICE`].
-fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority have no memory-safety preconditions; on
-    // Linux a thread id names just the calling thread.
-    let failed = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, COMPILE_NICE) != 0
-    };
-    if failed {
-        tracing::debug!("could not lower the priority of a compile thread");
-    }
-}
-
-/// The rayon pool for compiles at normal (`false`) or low (`true`)
-/// priority, made on first use; `None` if it could not be made, in which
-/// case rayon's global pool serves.
-fn compile_pool(low: bool) -> Option<&'static rayon::ThreadPool> {
-    static POOLS: OnceLock<[Option<rayon::ThreadPool>; 2]> = OnceLock::new();
-    let pools = POOLS.get_or_init(|| {
-        let build = |low: bool| {
-            rayon::ThreadPoolBuilder::new()
-                .thread_name(move |i| {
-                    format!("wasm-host-compile-{}{i}", if low { "low-" } else { "" })
-                })
-                .start_handler(move |_| {
-                    if low {
-                        lower_thread_priority();
-                    }
-                })
-                .build()
-                .map_err(|e| tracing::warn!(error = %e, "cannot start a compile thread pool"))
-                .ok()
-        };
-        [build(false), build(true)]
-    });
-    pools[usize::from(low)].as_ref()
 }
 
 /// Runs `work` on a new thread and waits for its result without blocking

@@ -16,6 +16,7 @@ pub mod config;
 pub mod config_file;
 pub mod config_watch;
 pub mod control;
+pub mod cpu;
 pub mod engine;
 pub mod fleet;
 pub mod guest_log;

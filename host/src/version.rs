@@ -232,6 +232,7 @@ impl Version {
                 let pre = link(tier, bytes).await?;
                 if !tier.is_baseline() {
                     runtime.remember(digest, &pre);
+                    runtime.note_optimized_on_disk(digest);
                 }
                 pre
             }
@@ -463,6 +464,11 @@ impl Version {
     /// replaced by optimized code when that is ready.
     pub fn is_baseline(&self) -> bool {
         self.baseline
+    }
+
+    /// The name of the tier its code comes from, as status shows it.
+    pub fn tier(&self) -> &'static str {
+        crate::engine::tier_name(self.baseline)
     }
 
     /// Whether the linked component came from the in-memory cache.

@@ -388,8 +388,9 @@ pub(super) async fn load_version(
 ) -> Result<Version, ReloadError> {
     let name = &settings.name;
     // Large components start on quickly compiled code (unless optimized
-    // code for them is at hand already, which `Version::load` prefers).
-    let baseline = runtime.wants_baseline(bytes.len());
+    // code for them is at hand already: on disk, or linked in memory, which
+    // `Version::load` prefers).
+    let baseline = runtime.wants_baseline(bytes.len(), digest);
     let loaded = Version::load(
         runtime,
         bytes,
@@ -408,7 +409,7 @@ pub(super) async fn load_version(
                 digest = %digest.short(),
                 compile_ms = version.compile_time().as_millis() as u64,
                 cached = version.was_cached(),
-                code = if version.is_baseline() { "baseline" } else { "optimized" },
+                code = version.tier(),
                 "version loaded"
             );
             Ok(version)
