@@ -529,10 +529,27 @@ async fn a_restarted_host_goes_live_on_optimized_code_from_the_disk_cache() {
         "hello from v1\n"
     );
     assert!(second.log_lines(&["version optimized"]).is_empty());
-    // wasmtime's own cache sits in a folder of its own, so its cleanup
-    // cannot delete the host's other files (pulled components, marks).
-    assert!(cache.join("code").is_dir());
-    assert!(cache.join("optimized").is_dir());
+    // One engine's code sits in one folder, a file per component.
+    let engines: Vec<_> = std::fs::read_dir(cache.join("code")).unwrap().collect();
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    let files: Vec<_> = std::fs::read_dir(engines[0].as_ref().unwrap().path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.len() == 1 && files[0].ends_with(".cwasm"),
+        "{files:?}"
+    );
+
+    // A damaged file is refused, removed and compiled again; the app serves.
+    let mut second = second;
+    second.signal(libc::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(10)).success());
+    let code = engines[0].as_ref().unwrap().path().join(&files[0]);
+    std::fs::write(&code, b"not machine code").unwrap();
+    let third = Host::start(&v1, &args);
+    third.wait_log("cached code refused", Duration::from_secs(5));
+    assert_eq!(get(&third.addr, "/").await.unwrap().body, "hello from v1\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

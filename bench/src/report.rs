@@ -10,6 +10,8 @@ use anyhow::Result;
 
 use crate::load::{BUCKET, LoadResult};
 
+mod targets;
+
 /// One throughput measurement.
 struct Run {
     rps: f64,
@@ -43,6 +45,30 @@ pub struct Cold {
     /// Median `wasmtime compile` wall time with Cranelift and with Winch,
     /// on a quiet machine.
     pub reference: Option<(Option<Duration>, Option<Duration>)>,
+}
+
+impl Cold {
+    /// Median over the trials of time-to-serve over Winch's compile time.
+    pub fn serving_over_winch(&self) -> Option<f64> {
+        let (_, Some(winch)) = self.reference? else {
+            return None;
+        };
+        median(
+            self.trials
+                .iter()
+                .filter_map(|t| t.serving)
+                .map(|d| d.as_secs_f64() / winch.as_secs_f64()),
+        )
+    }
+
+    /// Median over the trials of p99 while compiling over p99 at rest.
+    pub fn p99_ratio(&self) -> Option<f64> {
+        median(
+            self.trials
+                .iter()
+                .map(|t| t.compiling_p99_ms / t.rest_p99_ms.max(0.001)),
+        )
+    }
 }
 
 /// One cold reload of a large component under load.
@@ -218,6 +244,7 @@ impl Report {
         let mut md = String::new();
         writeln!(md, "# wasm-host benchmark\n\nSetup: {}.\n", self.setup)?;
         writeln!(md, "Command: `cargo run --release -p wasm-host-bench`\n")?;
+        self.targets(&mut md)?;
         for keep_alive in [true, false] {
             let mode = if keep_alive {
                 "keep-alive connections"
@@ -402,17 +429,7 @@ fn cold_section(md: &mut String, c: &Cold) -> Result<()> {
         ms(cranelift),
         ms(Some(winch))
     )?;
-    let serving = median(
-        c.trials
-            .iter()
-            .filter_map(|t| t.serving)
-            .map(|d| d.as_secs_f64() / winch.as_secs_f64()),
-    );
-    let p99 = median(
-        c.trials
-            .iter()
-            .map(|t| t.compiling_p99_ms / t.rest_p99_ms.max(0.001)),
-    );
+    let (serving, p99) = (c.serving_over_winch(), c.p99_ratio());
     if let (Some(serving), Some(p99)) = (serving, p99) {
         writeln!(
             md,

@@ -4,7 +4,6 @@
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
 
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -13,14 +12,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
-    PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder, Strategy,
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    StoreLimits, StoreLimitsBuilder, Strategy,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::code_cache::CodeCache;
 use crate::cpu::{self, Urgency};
 use crate::kv::Keyvalue;
 use crate::kv::guest::KvView;
@@ -76,9 +76,8 @@ pub struct Runtime {
     baseline_above: Option<usize>,
     /// Most recently used first.
     linked: Arc<Mutex<Vec<Linked>>>,
-    /// Where a file per digest says its optimized code is in the on-disk
-    /// cache; `None` without a cache.
-    optimized_on_disk: Option<PathBuf>,
+    /// Optimized code on disk; `None` without a cache.
+    code: Option<CodeCache>,
 }
 
 impl Runtime {
@@ -107,27 +106,16 @@ impl Runtime {
             Some(_) => Some(Tier::new(settings, Strategy::Winch)?),
             None => None,
         };
-        // The marks are only good for code this very engine (same wasmtime,
-        // same settings) could load from the cache.
-        let optimized_on_disk = settings
+        let code = settings
             .cache_dir
             .as_ref()
-            .filter(|_| optimized.cached)
-            .map(|dir| {
-                let mut hasher = std::hash::DefaultHasher::new();
-                optimized
-                    .engine
-                    .precompile_compatibility_hash()
-                    .hash(&mut hasher);
-                dir.join("optimized")
-                    .join(format!("{:016x}", hasher.finish()))
-            });
+            .map(|dir| CodeCache::new(&dir.join("code"), &optimized.engine));
         Ok(Self {
             optimized,
             baseline,
             baseline_above: settings.baseline_above,
             linked: Arc::default(),
-            optimized_on_disk,
+            code,
         })
     }
 
@@ -142,23 +130,12 @@ impl Runtime {
     }
 
     fn optimized_is_on_disk(&self, digest: Digest) -> bool {
-        self.optimized_on_disk
-            .as_ref()
-            .is_some_and(|dir| dir.join(digest.to_string()).is_file())
+        self.code.as_ref().is_some_and(|code| code.contains(digest))
     }
 
-    /// Notes that optimized code for `digest` is now in the on-disk cache,
-    /// so a restarted host (or a rollback beyond the in-memory cache) loads
-    /// it instead of starting on baseline code.
-    pub fn note_optimized_on_disk(&self, digest: Digest) {
-        let Some(dir) = &self.optimized_on_disk else {
-            return;
-        };
-        let noted = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(dir.join(digest.to_string()), b""));
-        if let Err(e) = noted {
-            tracing::debug!(dir = %dir.display(), error = %e, "cannot note optimized code on disk");
-        }
+    /// The on-disk cache of optimized code, if there is one.
+    pub fn code_cache(&self) -> Option<&CodeCache> {
+        self.code.as_ref()
     }
 
     /// The tier that compiles with Winch (fast to compile, slower code) or
@@ -203,8 +180,6 @@ pub struct Tier {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     baseline: bool,
-    /// Whether compiled code goes to the on-disk cache.
-    cached: bool,
 }
 
 impl Tier {
@@ -234,28 +209,6 @@ impl Tier {
             // Winch still leaves the trampolines to Cranelift; this tier is
             // about compiling soon, so skip optimizing them too.
             config.cranelift_opt_level(OptLevel::None);
-        }
-        // Baseline code lives for seconds; caching it would only cost time.
-        let cache_dir = settings
-            .cache_dir
-            .as_ref()
-            .filter(|_| !matches!(strategy, Strategy::Winch));
-        let mut cached = false;
-        if let Some(dir) = cache_dir {
-            let mut cache = CacheConfig::new();
-            // wasmtime's cache cleanup deletes whatever it does not know in
-            // its directory, so it gets one of its own.
-            cache.with_directory(dir.join("code"));
-            match Cache::new(cache) {
-                Ok(cache) => {
-                    config.cache(Some(cache));
-                    cached = true;
-                }
-                // A cache is an optimization: run without it rather than not at all.
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "compilation cache disabled")
-                }
-            }
         }
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
@@ -290,7 +243,6 @@ impl Tier {
             engine,
             linker: Arc::new(linker),
             baseline: matches!(strategy, Strategy::Winch),
-            cached,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod apps;
 pub mod cli;
+pub mod code_cache;
 pub mod config;
 pub mod config_file;
 pub mod config_watch;

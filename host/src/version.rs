@@ -229,10 +229,9 @@ impl Version {
         let pre = match recalled {
             Some(pre) => pre,
             None => {
-                let pre = link(tier, bytes).await?;
+                let pre = link(runtime, tier, bytes, digest).await?;
                 if !tier.is_baseline() {
                     runtime.remember(digest, &pre);
-                    runtime.note_optimized_on_disk(digest);
                 }
                 pre
             }
@@ -557,12 +556,36 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// Compiles (on a background thread), checks the exports, and links.
-async fn link(tier: &Tier, bytes: Arc<[u8]>) -> Result<ProxyPre<HostState>, LoadError> {
+/// Compiles (or, for optimized code, loads from the on-disk cache) and
+/// links `bytes`, off the threads that serve requests.
+async fn link(
+    runtime: &Runtime,
+    tier: &Tier,
+    bytes: Arc<[u8]>,
+    digest: Digest,
+) -> Result<ProxyPre<HostState>, LoadError> {
     let compiler = tier.clone();
-    let component = crate::engine::in_background(move || compiler.compile(&bytes))
-        .await
-        .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
-        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    // Baseline code lives for seconds: not worth a disk write.
+    let disk = match tier.is_baseline() {
+        true => None,
+        false => runtime.code_cache().cloned(),
+    };
+    let component = crate::engine::in_background(move || {
+        if let Some(found) = disk
+            .as_ref()
+            .and_then(|d| d.load(compiler.engine(), digest))
+        {
+            return Ok(found);
+        }
+        let component = compiler.compile(&bytes)?;
+        if let Some(disk) = &disk {
+            disk.store(digest, &component);
+        }
+        Ok(component)
+    })
+    .await
+    .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
+    .map_err(|e: wasmtime::Error| LoadError::Invalid(format!("{e:#}")))?;
     check_exports(tier.engine(), &component)?;
     let instance_pre = tier
         .linker()
