@@ -13,12 +13,29 @@ use crate::load::{BUCKET, LoadResult};
 mod targets;
 
 /// One throughput measurement.
-struct Run {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    errors: u64,
+pub struct Summary {
+    /// Successful requests per second.
+    pub rps: f64,
+    /// Latency percentiles, ms.
+    pub p50: f64,
+    /// See `p50`.
+    pub p99: f64,
+    /// See `p50`.
+    pub p999: f64,
+    /// Failed requests.
+    pub errors: u64,
+}
+
+impl From<&LoadResult> for Summary {
+    fn from(r: &LoadResult) -> Self {
+        Self {
+            rps: r.rps(),
+            p50: r.ms(0.5),
+            p99: r.ms(0.99),
+            p999: r.ms(0.999),
+            errors: r.errors,
+        }
+    }
 }
 
 /// What the reload storm showed.
@@ -93,7 +110,7 @@ pub struct ColdTrial {
 pub struct Report {
     setup: String,
     notes: Vec<String>,
-    runs: BTreeMap<(String, bool), Vec<Run>>,
+    runs: BTreeMap<(String, bool), Vec<Summary>>,
     order: Vec<String>,
     storm: Option<Storm>,
     memory: Option<(u64, u64, usize, Duration)>,
@@ -121,10 +138,15 @@ pub struct KvRun {
 
 impl Report {
     /// A report for runs of `duration` with `connections` connections.
-    pub fn new(duration: &Duration, connections: usize, rounds: usize) -> Self {
+    pub fn new(duration: &Duration, connections: usize, rounds: usize, wrk: bool) -> Self {
+        let client = if wrk {
+            "throughput measured with `wrk -t1`, the reload sections with the benchmark's own client (one thread)"
+        } else {
+            "every section measured with the benchmark's own client (one thread); install `wrk` for leaner throughput runs"
+        };
         Self {
             setup: format!(
-                "{connections} connections, {duration:?} per run, {rounds} rounds alternating the order, one client thread, all on 127.0.0.1, on a {}-core machine",
+                "{connections} connections, {duration:?} per run, {rounds} rounds alternating the order, {client}, all on 127.0.0.1, on a {}-core machine",
                 std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(0)
@@ -145,20 +167,14 @@ impl Report {
     }
 
     /// Records one throughput run.
-    pub fn throughput(&mut self, name: &str, keep_alive: bool, r: &LoadResult) {
+    pub fn throughput(&mut self, name: &str, keep_alive: bool, run: Summary) {
         if !self.order.iter().any(|n| n == name) {
             self.order.push(name.to_string());
         }
         self.runs
             .entry((name.to_string(), keep_alive))
             .or_default()
-            .push(Run {
-                rps: r.rps(),
-                p50: r.ms(0.5),
-                p99: r.ms(0.99),
-                p999: r.ms(0.999),
-                errors: r.errors,
-            });
+            .push(run);
     }
 
     /// Records the reload storm.
@@ -207,11 +223,11 @@ impl Report {
         self.memory = Some((after_one, after_many, reloads, took));
     }
 
-    fn mean(&self, name: &str, keep_alive: bool) -> Option<Run> {
+    fn mean(&self, name: &str, keep_alive: bool) -> Option<Summary> {
         let runs = self.runs.get(&(name.to_string(), keep_alive))?;
         let n = runs.len() as f64;
-        let avg = |f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / n;
-        Some(Run {
+        let avg = |f: fn(&Summary) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        Some(Summary {
             rps: avg(|r| r.rps),
             p50: avg(|r| r.p50),
             p99: avg(|r| r.p99),

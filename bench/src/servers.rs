@@ -49,6 +49,8 @@ pub struct Tools {
     pub wasm_host: PathBuf,
     /// The `wasmtime` binary, if found.
     pub wasmtime: Option<PathBuf>,
+    /// The `wrk` load generator, if found (throughput runs use it).
+    pub wrk: Option<PathBuf>,
     /// This benchmark's own binary (it serves the native hello).
     pub bench: PathBuf,
     /// A scratch directory.
