@@ -55,7 +55,8 @@ pub fn run(
     cmd.args(["-t1", "-c"])
         .arg(connections.to_string())
         .arg("-d")
-        .arg(format!("{}ms", duration.as_millis()))
+        // wrk takes whole seconds at best.
+        .arg(format!("{}s", duration.as_secs().max(1)))
         .arg("-s")
         .arg(&script);
     if !keep_alive {
@@ -66,7 +67,11 @@ pub fn run(
         .output()
         .context("cannot run wrk")?;
     if !out.status.success() {
-        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let value = |key: &str| -> Result<f64> {
