@@ -189,6 +189,12 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
     let elapsed = began.elapsed();
     let tally = tally.lock().unwrap();
     let answered: u64 = tally.bodies.values().sum();
+    // nginx writes a request's log line just after sending its answer, so
+    // the last few lines may trail the client by a moment.
+    let settled = Instant::now() + Duration::from_secs(2);
+    while (nginx.access_log().lines().count() as u64) < answered + 1 && Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = nginx.access_log();
     let nginx_lines: Vec<&str> = log.lines().collect();
     let nginx_errors = nginx_lines
