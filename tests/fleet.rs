@@ -187,14 +187,14 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
         client.await.unwrap();
     }
     let elapsed = began.elapsed();
-    let tally = tally.lock().unwrap();
-    let answered: u64 = tally.bodies.values().sum();
+    let answered: u64 = tally.lock().unwrap().bodies.values().sum();
     // nginx writes a request's log line just after sending its answer, so
     // the last few lines may trail the client by a moment.
     let settled = Instant::now() + Duration::from_secs(2);
     while (nginx.access_log().lines().count() as u64) < answered + 1 && Instant::now() < settled {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let tally = tally.lock().unwrap();
     let log = nginx.access_log();
     let nginx_lines: Vec<&str> = log.lines().collect();
     let nginx_errors = nginx_lines
