@@ -183,7 +183,7 @@ fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
     Ok(Tools {
         wasm_host,
         wasmtime: servers::find_wasmtime(),
-        wrk: wrk::find(),
+        wrk: servers::on_path("wrk"),
         bench,
         scratch: scratch.to_path_buf(),
     })

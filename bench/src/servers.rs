@@ -189,16 +189,19 @@ fn free_addr() -> Result<SocketAddr> {
 
 /// Finds `wasmtime` on PATH or in the benchmark's install folder.
 pub fn find_wasmtime() -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("wasmtime"))
-            .find(|p| p.is_file())
-    });
-    from_path.or_else(|| {
+    on_path("wasmtime").or_else(|| {
         let home = std::env::var_os("HOME")?;
         let p = Path::new(&home).join(".cache/wasmtime-cli/bin/wasmtime");
         p.is_file().then_some(p)
     })
+}
+
+/// The program `name` in a directory of PATH, if any.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// A `redis-server` on a free loopback port, saving nothing; killed on drop.

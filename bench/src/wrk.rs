@@ -9,7 +9,7 @@
 //! reads its numbers.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,14 +29,6 @@ done = function(summary, latency, requests)
   io.write(string.format("p999_us %d\n", latency:percentile(99.9)))
 end
 "#;
-
-/// `wrk` on PATH, if any.
-pub fn find() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("wrk"))
-        .find(|p| p.is_file())
-}
 
 /// Runs `wrk` with one thread and `connections` connections against
 /// `addr` for `duration`; without `keep_alive`, every request asks to close

@@ -566,10 +566,10 @@ async fn link(
 ) -> Result<ProxyPre<HostState>, LoadError> {
     let compiler = tier.clone();
     // Baseline code lives for seconds: not worth a disk write.
-    let disk = match tier.is_baseline() {
-        true => None,
-        false => runtime.code_cache().cloned(),
-    };
+    let disk = runtime
+        .code_cache()
+        .filter(|_| !tier.is_baseline())
+        .cloned();
     let component = crate::engine::in_background(move || {
         if let Some(found) = disk
             .as_ref()
