@@ -538,6 +538,10 @@ impl App {
             if hook {
                 metrics.drained(started.elapsed(), forced as u64);
             }
+            if let Ok(mut draining) = draining.lock() {
+                draining.retain(|v| !Arc::ptr_eq(v, &old));
+            }
+            // Logged last, once every view of the host agrees it is retired.
             tracing::info!(
                 app = %name,
                 generation = old.generation(),
@@ -546,9 +550,6 @@ impl App {
                 forced,
                 "version retired"
             );
-            if let Ok(mut draining) = draining.lock() {
-                draining.retain(|v| !Arc::ptr_eq(v, &old));
-            }
         });
     }
 }

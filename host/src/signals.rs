@@ -43,11 +43,13 @@ pub fn spawn(apps: Arc<Apps>, shutdown: CancellationToken) -> Result<()> {
                 std::process::exit(1);
             }
             asked = true;
+            // Cancel before logging: whoever reads the log line may at once
+            // ask /readyz, and must see the host as shutting down.
+            shutdown.cancel();
             tracing::info!(
                 signal = name,
                 "shutting down gracefully: draining in-flight work"
             );
-            shutdown.cancel();
         }
     });
     Ok(())
