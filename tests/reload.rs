@@ -168,6 +168,45 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
     assert!(retired.contains("requests_drained=1"), "{retired}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_does_not_cut_its_guest_short() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("slow.wasm");
+    write_version(&app, "slow", "v1");
+    let host = Host::start(&app, &["--no-watch"]);
+    let live = |host: &Host| {
+        let report = host.status_json();
+        let v = &report["apps"][0]["versions"][0];
+        (
+            v["in_flight"].as_u64().unwrap(),
+            v["served"].as_u64().unwrap(),
+        )
+    };
+
+    let asked = Instant::now();
+    let mut client = std::net::TcpStream::connect(&host.addr).unwrap();
+    client
+        .write_all(b"GET /?ms=1500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nobody is there to read the answer, yet the guest works on.
+    assert_eq!(live(&host), (1, 0));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live(&host) != (0, 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(live(&host), (0, 1), "the guest never answered");
+    assert!(asked.elapsed() >= Duration::from_millis(1400));
+    for end in ["guest trapped", "guest stopped"] {
+        assert!(host.log_lines(&[end]).is_empty(), "{end}");
+    }
+}
+
 /// Request lines a listener got, each with the moment it arrived.
 type Seen = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
 

@@ -6,7 +6,10 @@
 //! version from being retired until that work ends. This module does not
 //! choose the version: the caller does.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -70,7 +73,7 @@ where
     };
 
     let run_version = version.clone();
-    let task = tokio::spawn(async move {
+    let mut run = InPlace::new(async move {
         let version = run_version;
         let _held = (guard, turn);
         let run = async {
@@ -108,35 +111,106 @@ where
         end
     });
 
-    match receiver.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(code)) => guest_error(code),
-        // The guest ended without setting a response: say why.
-        Err(_) => match task.await {
-            Ok(GuestEnd::TimedOut) => plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the app did not answer within {:?} (--request-timeout)\n",
-                    version.request_timeout()
-                ),
-            ),
-            Ok(GuestEnd::Forced) => plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the app version was stopped by the drain deadline before it answered\n".into(),
-            ),
-            Ok(GuestEnd::Failed(_)) => plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the app failed while handling this request\n".into(),
-            ),
-            Ok(GuestEnd::Returned) => plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the app returned without sending a response\n".into(),
-            ),
-            Err(e) => plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the request task failed: {e}\n"),
-            ),
+    let mut receiver = receiver;
+    let answer = tokio::select! {
+        biased;
+        end = &mut run => Err(end),
+        answer = &mut receiver => Ok(answer),
+    };
+    let end = match answer {
+        // The guest answered and may still be working: the answer goes out
+        // now, and dropping `run` hands the rest of its work to a task.
+        Ok(Ok(Ok(response))) => return response,
+        Ok(Ok(Err(code))) => return guest_error(code),
+        // The response channel closes only as the guest's store goes away,
+        // that is, as its run ends.
+        Ok(Err(_)) => run.await,
+        Err(end) => match receiver.try_recv() {
+            Ok(Ok(response)) => return response,
+            Ok(Err(code)) => return guest_error(code),
+            Err(_) => end,
         },
+    };
+    // The guest ended without setting a response: say why.
+    match end {
+        GuestEnd::TimedOut => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the app did not answer within {:?} (--request-timeout)\n",
+                version.request_timeout()
+            ),
+        ),
+        GuestEnd::Forced => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the app version was stopped by the drain deadline before it answered\n".into(),
+        ),
+        GuestEnd::Failed(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the app failed while handling this request\n".into(),
+        ),
+        GuestEnd::Returned => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the app returned without sending a response\n".into(),
+        ),
+    }
+}
+
+/// A guest's run, polled in place by the request that started it rather
+/// than spawned: most guests finish by the time they answer, and a task per
+/// request costs a wake-up of another worker thread.
+///
+/// A run never ends early because its caller went away: whatever of it is
+/// left when an `InPlace` is dropped (the guest answered and keeps working,
+/// or the client hung up) goes on in a task of its own.
+struct InPlace {
+    run: Option<Pin<Box<dyn Future<Output = GuestEnd> + Send>>>,
+}
+
+impl InPlace {
+    fn new(run: impl Future<Output = GuestEnd> + Send + 'static) -> Self {
+        Self {
+            run: Some(Box::pin(run)),
+        }
+    }
+}
+
+impl Future for InPlace {
+    type Output = GuestEnd;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<GuestEnd> {
+        let Some(run) = self.run.as_mut() else {
+            // Only polled again after it ended by a caller's mistake.
+            return Poll::Ready(GuestEnd::Returned);
+        };
+        let end = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(end)
+    }
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
+        // One more turn here first: a guest that answered has usually only
+        // its body's last bytes left to write, and a task would cost more.
+        let waker = std::task::Waker::noop();
+        if run
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_ready()
+        {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(run);
+            }
+            // Dropped outside the runtime (at process exit): nothing can
+            // drive the guest any more.
+            Err(_) => tracing::debug!("guest run dropped outside the runtime"),
+        }
     }
 }
 
