@@ -41,8 +41,9 @@ struct Cli {
     /// Concurrent client connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Rounds over all servers (alternating order), averaged.
-    #[arg(long, default_value_t = 2)]
+    /// Rounds over all servers (alternating order); tables show the mean,
+    /// ratios the median of the rounds.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Interval of the reload storm.
     #[arg(long, default_value = "100ms", value_parser = wasm_host::config::parse_duration)]

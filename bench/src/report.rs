@@ -236,7 +236,27 @@ impl Report {
         })
     }
 
-    /// Writes one ratio line of `ours` against each other server `pick` takes.
+    /// `ours` req/s over `peer`'s, round by round: both ran in each round,
+    /// back to back, so each ratio compares two servers on the same machine
+    /// state, and the noise between rounds stays out of it.
+    fn round_ratios(&self, ours: &str, peer: &str, keep_alive: bool) -> Vec<f64> {
+        let runs = |name: &str| self.runs.get(&(name.to_string(), keep_alive));
+        let (Some(ours), Some(peer)) = (runs(ours), runs(peer)) else {
+            return Vec::new();
+        };
+        ours.iter()
+            .zip(peer)
+            .map(|(o, p)| o.rps / p.rps.max(f64::MIN_POSITIVE))
+            .collect()
+    }
+
+    /// The median of [`Report::round_ratios`], if both servers ran.
+    fn ratio_of(&self, ours: &str, peer: &str, keep_alive: bool) -> Option<f64> {
+        median(self.round_ratios(ours, peer, keep_alive))
+    }
+
+    /// Writes one ratio line of `ours` against each other server `pick`
+    /// takes: the median of the rounds, and their spread.
     fn ratios(
         &self,
         md: &mut String,
@@ -244,13 +264,18 @@ impl Report {
         keep_alive: bool,
         pick: impl Fn(&&String) -> bool,
     ) -> Result<()> {
-        let Some(base) = self.mean(ours, keep_alive) else {
-            return Ok(());
-        };
         for name in self.order.iter().filter(|n| *n != ours).filter(pick) {
-            if let Some(peer) = self.mean(name, keep_alive) {
-                writeln!(md, "- {ours} / {name}: **{:.2}×**", base.rps / peer.rps)?;
-            }
+            let rounds = self.round_ratios(ours, name, keep_alive);
+            let Some(mid) = median(rounds.iter().copied()) else {
+                continue;
+            };
+            let low = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = rounds.iter().copied().fold(0.0, f64::max);
+            writeln!(
+                md,
+                "- {ours} / {name}: **{mid:.2}×** (median of {} rounds; lowest {low:.2}×, highest {high:.2}×)",
+                rounds.len()
+            )?;
         }
         Ok(())
     }

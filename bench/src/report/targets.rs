@@ -104,10 +104,8 @@ impl Report {
         Ok(())
     }
 
-    /// wasm-host's keep-alive req/s over `peer`'s.
+    /// wasm-host's keep-alive req/s over `peer`'s, the median of the rounds.
     fn ratio(&self, peer: &str) -> Option<f64> {
-        let ours = self.mean("wasm-host", true)?;
-        let theirs = self.mean(peer, true)?;
-        Some(ours.rps / theirs.rps)
+        self.ratio_of("wasm-host", peer, true)
     }
 }
