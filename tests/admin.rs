@@ -156,7 +156,7 @@ async fn readyz_turns_unready_while_shutdown_drains() {
     let admin = admin_addr(&host);
     let addr = host.addr.clone();
     let slow = tokio::spawn(async move { get(&addr, "/?ms=2000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.wait_in_flight(1).await;
     host.signal(libc::SIGTERM);
     host.wait_log("shutting down gracefully", Duration::from_secs(5));
     let readyz = get(&admin, "/readyz").await.unwrap();

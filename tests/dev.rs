@@ -77,5 +77,9 @@ async fn saving_rebuilds_and_a_compile_error_keeps_the_old_version() {
     // Fixing it goes live again.
     write_handler(&app, "three\n");
     wait_for_body(&host.addr, "/", "three", Duration::from_secs(120)).await;
+    // The line may reach the test's log reader just after the new body.
+    host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version live") && l.contains("generation=3")
+    });
     assert!(host.log_lines(&["version live", "generation=3"]).len() == 1);
 }

@@ -234,7 +234,7 @@ async fn two_hosts_on_one_redis_share_one_counter() {
 async fn a_draining_versions_late_write_is_kept() {
     let (dir, app) = counter_app();
     let host = Host::start(&app, &["--no-watch"]);
-    let accepted = send(&host.addr, "POST", "/later?key=late&ms=1500", Vec::new())
+    let accepted = send(&host.addr, "POST", "/later?key=late&ms=8000", Vec::new())
         .await
         .unwrap();
     assert_eq!(accepted.status, 202);
@@ -244,7 +244,7 @@ async fn a_draining_versions_late_write_is_kept() {
     // v1 is draining; its write has not happened yet.
     let early = get(&host.addr, "/kv/default/late").await.unwrap();
     assert_eq!(early.status, 404, "{early:?}");
-    let retired = host.wait_log_where(Duration::from_secs(10), |l| {
+    let retired = host.wait_log_where(Duration::from_secs(20), |l| {
         l.contains("version retired") && l.contains("generation=1 ")
     });
     let (_, retired) = retired.expect("v1 retires");

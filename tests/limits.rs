@@ -24,8 +24,8 @@ async fn a_full_app_queues_then_answers_503_with_retry_after() {
         let addr = host.addr.clone();
         tokio::spawn(async move { send(&addr, "GET", path, Vec::new()).await })
     };
-    let running: Vec<_> = (0..2).map(|_| spawn("/?ms=1500")).collect();
-    wait_in_flight(&host, 2).await;
+    let running: Vec<_> = (0..2).map(|_| spawn("/?ms=5000")).collect();
+    host.wait_in_flight(2).await;
     let queued: Vec<_> = (0..2).map(|_| spawn("/?ms=0")).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -62,7 +62,7 @@ async fn a_queued_request_gives_up_at_the_queue_timeout() {
     );
     let addr = host.addr.clone();
     let running = tokio::spawn(async move { get(&addr, "/?ms=2000").await });
-    wait_in_flight(&host, 1).await;
+    host.wait_in_flight(1).await;
     let reply = send(&host.addr, "GET", "/?ms=0", Vec::new()).await.unwrap();
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.headers["retry-after"], "1");
@@ -96,17 +96,6 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
 }
 
 /// Waits until the app reports `n` pieces of work in flight.
-async fn wait_in_flight(host: &Host, n: u64) {
-    for _ in 0..100 {
-        let status = host.status_json();
-        if status["apps"][0]["versions"][0]["in_flight"].as_u64() == Some(n) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never saw {n} in flight");
-}
-
 /// POSTs `chunks` chunks of `size` bytes with chunked transfer coding on a
 /// raw connection; returns the status and the whole response text.
 async fn chunked_post(addr: &str, path: &str, chunks: usize, size: usize) -> (u16, String) {

@@ -138,7 +138,7 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
     let host = Host::start(&v1, &["--no-watch"]);
 
     let addr = host.addr.clone();
-    let slow = tokio::spawn(async move { get(&addr, "/?ms=2500").await });
+    let slow = tokio::spawn(async move { get(&addr, "/?ms=6000").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     host.reload_ok(&v2);
 
@@ -159,7 +159,7 @@ async fn slow_request_started_on_v1_finishes_on_v1() {
 
     let answer = slow.await.unwrap().unwrap();
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.body, "slow v1 after 2500 ms\n");
+    assert_eq!(answer.body, "slow v1 after 6000 ms\n");
     let retired = host.wait_log("version retired", Duration::from_secs(5));
     assert!(
         retired.contains("generation=1") && retired.contains("forced=0"),
@@ -187,7 +187,7 @@ async fn a_client_that_hangs_up_does_not_cut_its_guest_short() {
     let asked = Instant::now();
     let mut client = std::net::TcpStream::connect(&host.addr).unwrap();
     client
-        .write_all(b"GET /?ms=1500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(b"GET /?ms=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.shutdown(std::net::Shutdown::Both).unwrap();
@@ -201,7 +201,7 @@ async fn a_client_that_hangs_up_does_not_cut_its_guest_short() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(live(&host), (0, 1), "the guest never answered");
-    assert!(asked.elapsed() >= Duration::from_millis(1400));
+    assert!(asked.elapsed() >= Duration::from_millis(4900));
     for end in ["guest trapped", "guest stopped"] {
         assert!(host.log_lines(&[end]).is_empty(), "{end}");
     }
@@ -246,13 +246,13 @@ async fn background_work_of_v1_finishes_before_v1_retires() {
     let asked = Instant::now();
     let answer = get(
         &host.addr,
-        &format!("/?ms=1500&notify=http://127.0.0.1:{port}/done"),
+        &format!("/?ms=5000&notify=http://127.0.0.1:{port}/done"),
     )
     .await
     .unwrap();
     assert_eq!(answer.body, "background v1 accepted\n");
     assert!(
-        asked.elapsed() < Duration::from_millis(1200),
+        asked.elapsed() < Duration::from_millis(4000),
         "the response waited for the background work"
     );
     host.reload_ok(&v2);
@@ -275,7 +275,7 @@ async fn background_work_of_v1_finishes_before_v1_retires() {
         v1_done.0 <= retired_at,
         "v1 was retired before its background work finished"
     );
-    assert!(v1_done.0.duration_since(asked) >= Duration::from_millis(1400));
+    assert!(v1_done.0.duration_since(asked) >= Duration::from_millis(4900));
     assert!(retired.contains("forced=0"), "{retired}");
 }
 
@@ -355,19 +355,22 @@ async fn drain_timeout_forces_out_a_stuck_version() {
     let addr = host.addr.clone();
     let stuck = tokio::spawn(async move { get(&addr, "/?ms=30000").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let swapped = Instant::now();
+    let asked = Instant::now();
     host.reload_ok(&v2);
+    // The drain clock starts at the swap, somewhere between the ask and the
+    // answer (the compile in between takes longer on a busy machine).
+    let swapped = Instant::now();
     assert_eq!(
         get(&host.addr, "/?ms=0").await.unwrap().body,
         "slow v2 after 0 ms\n"
     );
 
     let answer = stuck.await.unwrap().unwrap();
-    let waited = swapped.elapsed();
     assert_eq!(answer.status, 503, "{answer:?}");
+    let (most, least) = (asked.elapsed(), swapped.elapsed());
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
-        "{waited:?}"
+        most >= Duration::from_millis(900) && least < Duration::from_secs(4),
+        "{most:?} since the ask, {least:?} since the answer"
     );
     let retired = host.wait_log("version retired", Duration::from_secs(5));
     assert!(
@@ -426,25 +429,31 @@ async fn concurrent_reload_asks_are_coalesced_and_all_answered() {
         said.iter().all(|s| s.starts_with("reloaded: generation")),
         "{said:?}"
     );
-    // Six asks while reloads run one at a time: fewer than six runs.
-    let live = host.log_lines(&["version live"]);
-    assert!(live.len() <= 7, "{live:?}");
     // Whatever ran last is what serves, and it is one of the asked versions.
     let body = get(&host.addr, "/").await.unwrap().body;
     assert!(
         (1..=6).any(|n| body == format!("hello from v{n}\n")),
         "{body}"
     );
-    let last = live.last().unwrap();
-    let generation = last
-        .split("generation=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    let status = host.ctl_ok(&["status"]);
-    assert!(status.contains(&format!("   {generation}  ")), "{status}");
+    let status = host.status_json();
+    let generation = status["apps"][0]["versions"][0]["generation"].clone();
+    // Its line may reach the test's log reader after the answers.
+    let last = host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version live") && l.contains(&format!("generation={generation} "))
+    });
+    assert!(
+        last.is_some(),
+        "generation {generation} never logged as live"
+    );
+    // Six asks while reloads run one at a time: fewer than six runs.
+    let live = host.log_lines(&["version live"]);
+    assert!(live.len() <= 7, "{live:?}");
+    assert!(
+        live.last()
+            .unwrap()
+            .contains(&format!("generation={generation} ")),
+        "{live:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,6 +467,9 @@ async fn reloading_a_recent_version_reuses_its_compiled_code() {
     host.reload_ok(&b);
     assert!(host.reload_ok(&a).contains("generation 3"));
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from va\n");
+    host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version loaded") && l.contains("generation=3")
+    });
     let loaded = host.log_lines(&["version loaded"]);
     assert_eq!(loaded.len(), 3, "{loaded:?}");
     assert!(loaded[0].contains("cached=false") && loaded[1].contains("cached=false"));

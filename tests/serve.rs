@@ -52,7 +52,7 @@ async fn an_endless_loop_ends_at_the_request_timeout_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("faulty.wasm");
     write_version(&app, "faulty", "v1");
-    let host = Host::start(&app, &["--request-timeout", "1500ms"]);
+    let host = Host::start(&app, &["--request-timeout", "3s"]);
     let addr = host.addr.clone();
     let started = Instant::now();
     let spinning = tokio::spawn(async move { get(&addr, "/loop").await });
@@ -61,7 +61,7 @@ async fn an_endless_loop_ends_at_the_request_timeout_while_others_are_served() {
         let asked = Instant::now();
         assert_eq!(get(&host.addr, "/").await.unwrap().body, "faulty v1\n");
         assert!(
-            asked.elapsed() < Duration::from_millis(1000),
+            asked.elapsed() < Duration::from_millis(2500),
             "a spinning guest starved others"
         );
     }
@@ -69,7 +69,7 @@ async fn an_endless_loop_ends_at_the_request_timeout_while_others_are_served() {
     let took = started.elapsed();
     assert_eq!(answer.status, 504, "{answer:?}");
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
         "{took:?}"
     );
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "faulty v1\n");
@@ -136,10 +136,9 @@ async fn sigterm_lets_the_slow_request_finish_then_exits_zero() {
     let mut host = Host::start(&app, &[]);
     let addr = host.addr.clone();
     let slow = tokio::spawn(async move { get(&addr, "/?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.wait_in_flight(1).await;
     host.signal(libc::SIGTERM);
-    host.wait_log("shutting down gracefully", Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    host.wait_log("stopped accepting connections", Duration::from_secs(5));
     assert!(
         get(&host.addr, "/?ms=0").await.is_err(),
         "new connections accepted after SIGTERM"

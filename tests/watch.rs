@@ -32,6 +32,10 @@ async fn in_place_write_and_atomic_rename_both_reload() {
     assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v3\n");
     write_version(&app, "hello", "v4");
     wait_for_body(&host.addr, "/", "hello from v4", Duration::from_secs(10)).await;
+    // The line may reach the test's log reader just after the new body.
+    host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version live") && l.contains("generation=4")
+    });
     assert!(host.log_lines(&["version live", "generation=4"]).len() == 1);
 }
 

@@ -282,6 +282,20 @@ impl Host {
         serde_json::from_str(&out).expect("status --json prints JSON")
     }
 
+    /// Waits (at most 5 s) until the first app's live version has `n`
+    /// requests in flight, so a test knows its slow request is being worked
+    /// on rather than still waiting to be read.
+    pub async fn wait_in_flight(&self, n: u64) {
+        for _ in 0..100 {
+            let status = self.status_json();
+            if status["apps"][0]["versions"][0]["in_flight"].as_u64() == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never saw {n} in flight");
+    }
+
     /// Runs `wasm-host reload path` and insists that it succeeded.
     pub fn reload_ok(&self, path: &Path) -> String {
         self.ctl_ok(&["reload", path.to_str().expect("utf-8 path")])
