@@ -1,10 +1,11 @@
 //! Runs one HTTP request on one version: a fresh store and instance, the
 //! guest's `handle`, and the mapping of guest failures to HTTP statuses.
 //!
-//! The guest runs in its own task, so it may keep working after it has sent
-//! its response (background work); the [`WorkGuard`] it holds keeps its
-//! version from being retired until that work ends. This module does not
-//! choose the version: the caller does.
+//! The guest runs in the request's own task until it answers; what it does
+//! after its answer (background work) goes on in a task of its own (see
+//! `InPlace`), and the [`WorkGuard`] it holds keeps its version from being
+//! retired until that work ends. This module does not choose the version:
+//! the caller does.
 
 use std::future::Future;
 use std::pin::Pin;
