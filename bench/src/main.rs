@@ -146,7 +146,8 @@ fn main() -> Result<()> {
 /// Builds the release host and the examples; finds the peers.
 fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let mut build = Command::new(&cargo);
+    build
         .args([
             "build",
             "--release",
@@ -155,8 +156,28 @@ fn prepare(repo: &Path, scratch: &Path) -> Result<Tools> {
             "--bin",
             "wasm-host",
         ])
-        .current_dir(repo)
-        .status()?;
+        .current_dir(repo);
+    // `cargo run` gives this process the variables it gives any package
+    // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Some build scripts (ring's)
+    // rerun when those change, so passing them on would rebuild ring and all
+    // above it, wasmtime's HTTP crate and the LTO link included, on every
+    // switch between this and a plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let status = build.status()?;
     if !status.success() {
         bail!("building the release wasm-host failed");
     }
