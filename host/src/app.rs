@@ -211,7 +211,7 @@ impl App {
         keyvalue: Arc<Keyvalue>,
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
-        let (bytes, digest) = pipeline::read_component(&path)?;
+        let (bytes, digest) = pipeline::read_component(&path).await?;
         let version = pipeline::load_version(
             &runtime,
             &settings,

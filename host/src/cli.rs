@@ -189,6 +189,10 @@ struct ServeArgs {
     /// Give the app the wasi:config value KEY (repeatable).
     #[arg(long = "config-var", value_name = "KEY=VALUE", value_parser = config::parse_config_var)]
     config_var: Vec<(String, String)>,
+    /// Largest component file a reload (or start) reads; anything larger,
+    /// and anything not a regular file (a FIFO, a device), is refused.
+    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
+    max_component_size: usize,
     /// Directory of the embedded key-value files (APP/keyvalue.redb)
     /// [default: $XDG_DATA_HOME/wasm-host, else ~/.local/share/wasm-host].
     #[arg(long, value_name = "DIR")]
@@ -239,13 +243,34 @@ struct ControlArgs {
     /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else /tmp/wasm-host-$UID.sock].
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
+    /// Give up when the host has not replied within DUR [default: 10s for
+    /// status and logs, 1m for promote, abort and rollback, 10m for reload,
+    /// which may pull and compile a large component].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    timeout: Option<Duration>,
 }
+
+/// How long `status` and `logs` wait for the host: it answers them at once
+/// unless it is stuck.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long promote, abort and rollback wait: no compile, but a rollback
+/// runs the revived version's init hook.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reload waits: a pull and an optimizing compile of a large
+/// component can take minutes.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ControlArgs {
     fn socket(&self) -> PathBuf {
         self.control
             .clone()
             .unwrap_or_else(config::default_control_path)
+    }
+
+    /// Sends `request` to the host, waiting at most `--timeout`, else
+    /// `default`.
+    async fn send(&self, request: &ControlRequest, default: Duration) -> Result<ControlReply> {
+        control::send(&self.socket(), request, self.timeout.unwrap_or(default)).await
     }
 }
 
@@ -376,6 +401,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
+            crate::component_file::set_max_size(args.max_component_size as u64);
             let logs = LogSettings {
                 dir: args.log_dir.clone().unwrap_or_else(config::default_log_dir),
                 max_bytes: args.log_max_size as u64,
@@ -445,7 +471,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 None => None,
             };
             let reply =
-                control::send(&control.socket(), &ControlRequest::ApplyConfig { path }).await?;
+                control.send(&ControlRequest::ApplyConfig { path }, RELOAD_TIMEOUT).await?;
             Ok(print_reply(reply, Step::Reload))
         }
         Command::Reload(args) => {
@@ -460,27 +486,27 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 Step::Reload
             };
             let request = ControlRequest::Reload { app, path, canary };
-            let reply = control::send(&args.control.socket(), &request).await?;
+            let reply = args.control.send(&request, RELOAD_TIMEOUT).await?;
             Ok(print_reply(reply, what))
         }
         Command::Promote(args) => {
             let request = ControlRequest::Promote { app: args.app };
-            let reply = control::send(&args.control.socket(), &request).await?;
+            let reply = args.control.send(&request, CHANGE_TIMEOUT).await?;
             Ok(print_reply(reply, Step::Promote))
         }
         Command::Abort(args) => {
             let request = ControlRequest::Abort { app: args.app };
-            let reply = control::send(&args.control.socket(), &request).await?;
+            let reply = args.control.send(&request, CHANGE_TIMEOUT).await?;
             Ok(print_reply(reply, Step::Abort))
         }
         Command::Rollback(args) => {
             let request = ControlRequest::Rollback { app: args.app };
-            let reply = control::send(&args.control.socket(), &request).await?;
+            let reply = args.control.send(&request, CHANGE_TIMEOUT).await?;
             Ok(print_reply(reply, Step::Rollback))
         }
         Command::Logs(args) => {
             let request = ControlRequest::Status { app: args.app };
-            let report = match control::send(&args.control.socket(), &request).await? {
+            let report = match args.control.send(&request, QUICK_TIMEOUT).await? {
                 ControlReply::Status(report) => report,
                 other => return Ok(print_reply(other, Step::Status)),
             };
@@ -498,7 +524,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
         }
         Command::Status(args) => {
             let request = ControlRequest::Status { app: args.app };
-            let reply = control::send(&args.control.socket(), &request).await?;
+            let reply = args.control.send(&request, QUICK_TIMEOUT).await?;
             match reply {
                 ControlReply::Status(report) if args.json => {
                     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -257,14 +257,24 @@ pub(crate) fn check_component_file(path: &Path) -> Result<()> {
 }
 
 /// The control socket used when `--control` is not given:
-/// `$XDG_RUNTIME_DIR/wasm-host.sock`, else `/tmp/wasm-host-$UID.sock`.
+/// `$XDG_RUNTIME_DIR/wasm-host.sock`, else `control.sock` in
+/// [`private_control_dir`].
 pub fn default_control_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
         return Path::new(&dir).join("wasm-host.sock");
     }
+    private_control_dir().join("control.sock")
+}
+
+/// `$TMPDIR/wasm-host-$UID` (`/tmp/wasm-host-$UID` without `TMPDIR`): the
+/// directory of the default control socket when there is no
+/// `XDG_RUNTIME_DIR`. In a shared `/tmp` a socket file could be created
+/// first by another user; a directory of our own, mode 0700, cannot (the
+/// host refuses one that another user owns or that others may enter).
+pub fn private_control_dir() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/wasm-host-{uid}.sock"))
+    std::env::temp_dir().join(format!("wasm-host-{uid}"))
 }
 
 /// The on-disk compilation cache used when `--cache-dir` is not given:

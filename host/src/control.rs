@@ -6,13 +6,14 @@
 //! how a reload works. The client side is what the CLI commands use.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -20,10 +21,76 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, ReloadOutcome};
 use crate::apps::Apps;
 use crate::fleet::Applied;
+use crate::metrics::{self, Refused};
 use crate::oci::{Puller, Reference};
 use crate::pull;
 use crate::rollout::CanaryPlan;
 use crate::serve::ConfigAsk;
+
+/// Longest request line the host reads. A request is a command, an app
+/// name and a path: a few hundred bytes; the cap keeps a client from
+/// making the host buffer a gigabyte.
+pub const MAX_REQUEST_LINE: usize = 1 << 20;
+
+/// How long a client may take to send its request line (and to take its
+/// reply), so a client that connects and goes quiet holds nothing for long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about failed accepts.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Longest reply line a client reads: a status of many apps is some
+/// kilobytes; more means the other end is not a wasm-host.
+const MAX_REPLY_LINE: u64 = 16 << 20;
+
+/// The user this process runs as.
+fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The host answers its own user and root (root can read and signal the
+/// host anyway); the socket's mode 0600 already keeps others out where the
+/// file system is honest, this holds where it is not.
+fn server_trusts(peer: u32) -> bool {
+    peer == own_uid() || peer == 0
+}
+
+/// A client talks only to a host run by its own user, root included: root
+/// trusting a socket another user made is exactly the impostor case.
+fn client_trusts(peer: u32) -> bool {
+    peer == own_uid()
+}
+
+/// Rate-limits the warnings of a failing accept loop.
+#[derive(Default)]
+struct AcceptFailures {
+    last_warned: Option<Instant>,
+    since: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, error: &std::io::Error) {
+        self.since += 1;
+        if self
+            .last_warned
+            .is_some_and(|at| at.elapsed() < ACCEPT_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            error = %error,
+            failures = self.since,
+            "control socket accept failed (out of file descriptors?); retrying every {}ms",
+            ACCEPT_BACKOFF.as_millis()
+        );
+        self.last_warned = Some(Instant::now());
+        self.since = 0;
+    }
+}
 
 /// A request from a CLI command to the host. `app` names the app; it may
 /// be left out when the host runs only one.
@@ -174,6 +241,19 @@ impl ControlSocket {
     /// Binds `path`, replacing a stale socket left by a crashed host and
     /// refusing to start beside a live one.
     pub fn bind(path: &Path) -> Result<Self> {
+        // The directory first: a socket in a directory another user
+        // controls is theirs to replace.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if dir == crate::config::private_control_dir() {
+                ensure_private_dir(dir)?;
+            } else {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+            }
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 bail!(
@@ -202,10 +282,6 @@ impl ControlSocket {
                 }
             }
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-        }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("cannot listen on control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(
@@ -232,12 +308,21 @@ impl ControlSocket {
         config: Option<mpsc::Sender<ConfigAsk>>,
         shutdown: CancellationToken,
     ) {
+        let mut failures = AcceptFailures::default();
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!(error = %e, "control socket accept failed");
+                        // Out of descriptors (EMFILE) or memory: the error
+                        // repeats at once, so retrying at once spins a core
+                        // and floods the log. Wait a little, and log once
+                        // per interval with the count of failures between.
+                        failures.note(&e);
+                        tokio::select! {
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
                         continue;
                     }
                 },
@@ -253,10 +338,55 @@ impl ControlSocket {
     }
 }
 
+/// Creates `dir` mode 0700 if it is missing, and refuses it unless it is a
+/// real directory of this user that no one else may enter.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create the directory {}", dir.display()));
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot inspect the directory {}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        bail!(
+            "{} is not a directory (a symlink or a file); refusing to put the control socket there: remove it, or pass --control with another path",
+            dir.display()
+        );
+    }
+    if meta.uid() != own_uid() {
+        bail!(
+            "{} belongs to uid {}, not to this user (uid {}): another user may have made it to catch the control socket; remove it, or pass --control with another path",
+            dir.display(),
+            meta.uid(),
+            own_uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is open to other users (mode {:o}); it must be private: `chmod 700` it, or pass --control with another path",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Turns one request line from a client into a request, or the message a
+/// malformed one is answered with. Pure, so it can be fuzzed
+/// (tests/fuzz.rs).
+pub fn parse_request(line: &str) -> Result<ControlRequest, String> {
+    serde_json::from_str::<ControlRequest>(line)
+        .map_err(|e| format!("malformed control request: {e}"))
 }
 
 /// Reads one request from `stream`, acts on it, writes the reply.
@@ -266,22 +396,60 @@ async fn answer(
     puller: &Puller,
     config: Option<&mpsc::Sender<ConfigAsk>>,
 ) -> Result<()> {
+    let peer = stream.peer_cred().context("cannot read the control client's credentials")?;
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<ControlRequest>(&line) {
-        Ok(request) => match act(request, apps, puller, config).await {
-            Ok(reply) => reply,
+    let reply = if !server_trusts(peer.uid()) {
+        metrics::refused(Refused::ControlPeerUser);
+        tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "control client of another user refused");
+        ControlReply::Failed {
+            error: format!(
+                "this host takes control requests only from its own user (uid {}) and root, not uid {}",
+                own_uid(),
+                peer.uid()
+            ),
+        }
+    } else {
+        match read_request(read).await {
+            Ok(request) => match act(request, apps, puller, config).await {
+                Ok(reply) => reply,
+                Err(error) => ControlReply::Failed { error },
+            },
             Err(error) => ControlReply::Failed { error },
-        },
-        Err(e) => ControlReply::Failed {
-            error: format!("malformed control request: {e}"),
-        },
+        }
     };
     let mut text = serde_json::to_string(&reply)?;
     text.push('\n');
-    write.write_all(text.as_bytes()).await?;
+    // A client that stops reading must not hold this task forever.
+    tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(text.as_bytes()))
+        .await
+        .context("the control client did not take the reply in time")??;
     Ok(())
+}
+
+/// Reads one request line of at most [`MAX_REQUEST_LINE`] bytes within
+/// [`REQUEST_TIMEOUT`]; the error is the reply to send.
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<ControlRequest, String> {
+    let mut line = Vec::new();
+    // One byte past the cap tells an over-long line from one at the cap.
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_LINE as u64 + 1));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => {
+            metrics::refused(Refused::ControlClientSlow);
+            return Err(format!(
+                "the control request did not arrive within {}s; send one JSON line",
+                REQUEST_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(Err(e)) => return Err(format!("cannot read the control request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST_LINE {
+        metrics::refused(Refused::ControlLineTooLong);
+        return Err(format!(
+            "the control request is longer than {MAX_REQUEST_LINE} bytes; a request is one short JSON line"
+        ));
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("malformed control request: {e}"))
 }
 
 /// Carries out one request on the app it names.
@@ -395,8 +563,37 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-/// Sends `request` to the host on `socket` and waits for its reply.
-pub async fn send(socket: &Path, request: &ControlRequest) -> Result<ControlReply> {
+/// Sends `request` to the host on `socket` and waits for its reply, at
+/// most `timeout` in all. Only a socket owned by this user, served by a
+/// process of this user, is trusted.
+pub async fn send(
+    socket: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlReply> {
+    match tokio::time::timeout(timeout, exchange(socket, request)).await {
+        Ok(reply) => reply,
+        Err(_) => bail!(
+            "no reply from the host on control socket {} within {}; it may be stuck, or busy with a long compile (pass --timeout to wait longer)",
+            socket.display(),
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
+async fn exchange(socket: &Path, request: &ControlRequest) -> Result<ControlReply> {
+    // Owner first, without following a symlink: a socket another user put
+    // at the path is not ours to talk to.
+    if let Ok(meta) = std::fs::symlink_metadata(socket)
+        && meta.uid() != own_uid()
+    {
+        bail!(
+            "control socket {} belongs to uid {}, not to this user (uid {}); refusing to talk to it. If another user created it, remove it and restart the host, or pass --control with the socket your host uses",
+            socket.display(),
+            meta.uid(),
+            own_uid()
+        );
+    }
     let stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => bail!(
@@ -408,17 +605,30 @@ pub async fn send(socket: &Path, request: &ControlRequest) -> Result<ControlRepl
                 .with_context(|| format!("cannot connect to control socket {}", socket.display()));
         }
     };
+    // The owner check above races with a swap of the file; the peer's
+    // credentials, taken by the kernel at connect, do not.
+    let peer = stream
+        .peer_cred()
+        .with_context(|| format!("cannot check who serves control socket {}", socket.display()))?;
+    if !client_trusts(peer.uid()) {
+        bail!(
+            "control socket {} is served by a process of uid {}, not of this user (uid {}); refusing to trust it",
+            socket.display(),
+            peer.uid(),
+            own_uid()
+        );
+    }
     let (read, mut write) = stream.into_split();
     let mut text = serde_json::to_string(request)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(read)
-        .read_line(&mut line)
+    let mut line = Vec::new();
+    BufReader::new(read.take(MAX_REPLY_LINE))
+        .read_until(b'\n', &mut line)
         .await
         .context("the host closed the control connection without replying")?;
     if line.is_empty() {
         bail!("the host closed the control connection without replying");
     }
-    serde_json::from_str(&line).context("the host sent a reply this client does not understand")
+    serde_json::from_slice(&line).context("the host sent a reply this client does not understand")
 }

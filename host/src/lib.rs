@@ -13,6 +13,7 @@ pub mod app;
 pub mod apps;
 pub mod cli;
 pub mod code_cache;
+pub mod component_file;
 pub mod config;
 pub mod config_file;
 pub mod config_watch;

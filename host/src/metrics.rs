@@ -342,7 +342,60 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
             let _ = writeln!(out, "{name}{{tier=\"{}\"}} {}", pool.tier, value(pool));
         }
     }
+    render_refused(&mut out);
     out
+}
+
+/// What the control plane turned away, host-wide: odd component files and
+/// misbehaving control clients. Not per app: most are refused before any
+/// app is named.
+#[derive(Debug, Clone, Copy)]
+pub enum Refused {
+    /// A component path that is a FIFO, device, socket or directory.
+    ComponentNotRegular = 0,
+    /// A component file over `--max-component-size`.
+    ComponentTooLarge = 1,
+    /// A component read that did not finish in time.
+    ComponentReadTimeout = 2,
+    /// A control request line over the cap.
+    ControlLineTooLong = 3,
+    /// A control client that did not send its request in time.
+    ControlClientSlow = 4,
+    /// A control client run by another user.
+    ControlPeerUser = 5,
+}
+
+impl Refused {
+    const ALL: [(Refused, &'static str); 6] = [
+        (Refused::ComponentNotRegular, "component_not_regular_file"),
+        (Refused::ComponentTooLarge, "component_too_large"),
+        (Refused::ComponentReadTimeout, "component_read_timeout"),
+        (Refused::ControlLineTooLong, "control_line_too_long"),
+        (Refused::ControlClientSlow, "control_client_slow"),
+        (Refused::ControlPeerUser, "control_peer_other_user"),
+    ];
+}
+
+static REFUSED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// Counts one thing the control plane turned away.
+pub fn refused(why: Refused) {
+    REFUSED[why as usize].fetch_add(1, Relaxed);
+}
+
+/// Renders the host-wide refusal counters.
+fn render_refused(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP wasm_host_control_refused_total Component reads and control requests turned away by a limit, by reason.\n# TYPE wasm_host_control_refused_total counter"
+    );
+    for (why, reason) in Refused::ALL {
+        let _ = writeln!(
+            out,
+            "wasm_host_control_refused_total{{reason=\"{reason}\"}} {}",
+            REFUSED[why as usize].load(Relaxed)
+        );
+    }
 }
 
 /// Every version of every app, with its app's escaped name.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
+use crate::component_file;
 use crate::engine::Runtime;
 use crate::kv::Keyvalue;
 use crate::rollout::{Canary, CanaryPlan, ErrorWindow};
@@ -110,7 +111,7 @@ impl App {
         if let (Some(canary), None) = (&current, &plan) {
             return Err(ReloadError::CanaryRunning(canary.version.generation()));
         }
-        let (bytes, digest) = read_component(&path)?;
+        let (bytes, digest) = read_component(&path).await?;
         let live = self.live();
         if digest == live.digest() {
             if plan.is_some() {
@@ -363,15 +364,16 @@ impl App {
     }
 }
 
-/// Reads a component file and digests it.
-///
-/// A plain blocking read: it runs at start-up or on the control-plane thread,
-/// never on a thread that serves requests.
-pub(super) fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadError> {
-    let bytes = std::fs::read(path).map_err(|e| ReloadError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+/// Reads a component file (through [`component_file`], which refuses what
+/// is not a regular file of a sane size and bounds the read in time, off
+/// this thread) and digests it.
+pub(super) async fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), ReloadError> {
+    let bytes = component_file::read(path)
+        .await
+        .map_err(|e| ReloadError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let digest = Digest::of(&bytes);
     Ok((bytes.into(), digest))
 }
