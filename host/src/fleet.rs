@@ -24,6 +24,7 @@ use crate::activation::Inherited;
 use crate::app::App;
 use crate::apps::Apps;
 use crate::config::AppConfig;
+use crate::connection::ConnectionLimits;
 use crate::engine::Runtime;
 use crate::kv::Stores;
 use crate::oci::{Puller, Reference};
@@ -74,6 +75,8 @@ pub struct Fleet {
     stores: Stores,
     /// Pulls the apps named by `oci://` reference.
     puller: Arc<Puller>,
+    /// Bounds on the connections of every listener.
+    connections: ConnectionLimits,
 }
 
 impl Fleet {
@@ -83,8 +86,10 @@ impl Fleet {
         control_plane: tokio::runtime::Handle,
         shutdown: CancellationToken,
         puller: Arc<Puller>,
+        connections: ConnectionLimits,
     ) -> Self {
         Self {
+            connections,
             runtime,
             control_plane,
             shutdown,
@@ -380,6 +385,7 @@ impl Fleet {
                 table.clone(),
                 stop.clone(),
                 grace.get(&addr).copied().unwrap_or_default(),
+                self.connections.clone(),
             ));
             self.listeners.insert(addr, Listening { table, stop, task });
         }

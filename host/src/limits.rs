@@ -28,6 +28,9 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// Largest request body, in bytes; `None` for no limit.
     pub max_body: Option<u64>,
+    /// How long the guest of a request whose client went away before the
+    /// answer may go on before it is stopped.
+    pub hangup_grace: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_queue: 1000,
             queue_timeout: Duration::from_secs(10),
             max_body: None,
+            hangup_grace: Duration::from_secs(2),
         }
     }
 }
@@ -81,16 +85,16 @@ impl Admission {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Busy);
-        }
+        // The place in the queue is given back when `_place` drops: after
+        // the wait, or when the request is dropped mid-wait because its
+        // client hung up. Counting down after the await instead leaked a
+        // place for every abandoned waiter until the queue was full for good.
+        let _place = QueuePlace::take(&self.waiting, self.limits.max_queue)?;
         let waited = tokio::time::timeout(
             self.limits.queue_timeout,
             self.permits.clone().acquire_owned(),
         )
         .await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Refusal::QueueTimeout),
@@ -100,6 +104,26 @@ impl Admission {
     /// Requests waiting for a turn now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// One place in an app's queue, held while a request waits for a turn.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    /// Takes a place if fewer than `max` are taken.
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Result<Self, Refusal> {
+        if waiting.fetch_add(1, Ordering::AcqRel) >= max {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Busy);
+        }
+        Ok(Self(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -126,7 +150,8 @@ impl<B> Capped<B> {
 
 impl<B> Body for Capped<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
 {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
@@ -183,6 +208,7 @@ mod tests {
             max_queue: 1,
             queue_timeout: Duration::from_millis(50),
             max_body: None,
+            hangup_grace: Duration::from_secs(2),
         });
         let first = admission.admit().await.unwrap();
         // One may wait (and times out); with the queue taken, the next is
@@ -199,5 +225,34 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Err(Refusal::QueueTimeout));
         drop(first);
         assert!(admission.admit().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_mid_wait_gives_its_place_back() {
+        let admission = Arc::new(Admission::new(Limits {
+            max_concurrency: 1,
+            max_queue: 2,
+            queue_timeout: Duration::from_secs(60),
+            max_body: None,
+            hangup_grace: Duration::from_secs(2),
+        }));
+        let _turn = admission.admit().await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit().await.map(drop) })
+            })
+            .collect();
+        while admission.waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Their clients hang up: the request futures are dropped.
+        for waiter in &waiters {
+            waiter.abort();
+        }
+        for waiter in waiters {
+            let _ = waiter.await;
+        }
+        assert_eq!(admission.waiting(), 0);
     }
 }

@@ -9,6 +9,86 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Why the host closed a connection (or cut off a request) on its own.
+#[derive(Debug, Clone, Copy)]
+pub enum Cutoff {
+    /// The listener had `--max-connections` open already.
+    MaxConnections = 0,
+    /// No request head within `--header-timeout`.
+    HeaderTimeout = 1,
+    /// No byte and no request within `--idle-timeout`.
+    IdleTimeout = 2,
+    /// A request body fell behind `--body-timeout`.
+    BodyTimeout = 3,
+    /// A request line ended by a bare LF.
+    BareLf = 4,
+    /// Neither HTTP/1.x nor a valid HTTP/2 preface.
+    NotHttp = 5,
+    /// A first line longer than any request line.
+    LineTooLong = 6,
+    /// A request with more than one `Host` header.
+    DuplicateHost = 7,
+    /// A guest stopped because its client went away before the answer
+    /// (after `--hangup-grace`).
+    Hangup = 8,
+}
+
+impl Cutoff {
+    const ALL: [(Cutoff, &'static str); 9] = [
+        (Cutoff::MaxConnections, "max_connections"),
+        (Cutoff::HeaderTimeout, "header_timeout"),
+        (Cutoff::IdleTimeout, "idle_timeout"),
+        (Cutoff::BodyTimeout, "body_timeout"),
+        (Cutoff::BareLf, "bare_lf"),
+        (Cutoff::NotHttp, "not_http"),
+        (Cutoff::LineTooLong, "line_too_long"),
+        (Cutoff::DuplicateHost, "duplicate_host"),
+        (Cutoff::Hangup, "hangup"),
+    ];
+}
+
+/// The connections of every listener: how many are open, and what the
+/// host cut off. Process-wide, since listeners outlive the apps on them.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    open: AtomicU64,
+    cut: [AtomicU64; Cutoff::ALL.len()],
+}
+
+/// The one set of connection counters.
+pub static CONNECTIONS: ConnectionCounters = ConnectionCounters {
+    open: AtomicU64::new(0),
+    cut: [const { AtomicU64::new(0) }; Cutoff::ALL.len()],
+};
+
+impl ConnectionCounters {
+    /// Counts one connection or request the host cut off.
+    pub fn cut(&self, why: Cutoff) {
+        self.cut[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection open until the returned guard drops.
+    pub fn opened(&'static self) -> OpenConnection {
+        self.open.fetch_add(1, Relaxed);
+        OpenConnection(self)
+    }
+
+    /// What was cut off for `why` so far.
+    pub fn cut_count(&self, why: Cutoff) -> u64 {
+        self.cut[why as usize].load(Relaxed)
+    }
+}
+
+/// One open connection, counted while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(&'static ConnectionCounters);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -180,6 +260,31 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
         "1 while the host takes traffic, 0 once it shuts down.",
     );
     let _ = writeln!(out, "wasm_host_ready {}", u8::from(ready));
+
+    family(
+        &mut out,
+        "wasm_host_connections_open",
+        "gauge",
+        "Client connections open now, on every listener.",
+    );
+    let _ = writeln!(
+        out,
+        "wasm_host_connections_open {}",
+        CONNECTIONS.open.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "wasm_host_cutoffs_total",
+        "counter",
+        "Connections closed or requests cut off by the host's connection limits, by reason.",
+    );
+    for (why, reason) in Cutoff::ALL {
+        let _ = writeln!(
+            out,
+            "wasm_host_cutoffs_total{{reason=\"{reason}\"}} {}",
+            CONNECTIONS.cut_count(why)
+        );
+    }
 
     family(
         &mut out,

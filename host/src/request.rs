@@ -10,7 +10,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -21,6 +23,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::metrics::{CONNECTIONS, Cutoff};
 use crate::version::{Version, Warm};
 use crate::work::WorkGuard;
 
@@ -29,8 +32,11 @@ pub type Response = hyper::Response<HyperOutgoingBody>;
 
 /// How a guest's run ended.
 enum GuestEnd {
-    /// `handle` returned.
+    /// `handle` returned after setting a good response.
     Returned,
+    /// `handle` returned without setting a response, or after setting an
+    /// error.
+    Unanswered,
     /// The guest trapped or a host call failed.
     Failed(wasmtime::Error),
     /// The request timeout passed.
@@ -40,12 +46,15 @@ enum GuestEnd {
 }
 
 /// Runs `req` on `version`, holding `guard` (and `turn`, the app's
-/// admission permit) for as long as the guest runs.
+/// admission permit) for as long as the guest runs. If the client goes
+/// away before the guest answers, the guest may go on for `hangup_grace`,
+/// then it is stopped.
 pub async fn handle<B>(
     version: Arc<Version>,
     guard: WorkGuard,
     turn: OwnedSemaphorePermit,
     req: hyper::Request<B>,
+    hangup_grace: Duration,
 ) -> Response
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -56,13 +65,17 @@ where
         None => (version.new_store(), None, 0),
     };
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    let answered = Arc::new(AtomicU8::new(SILENT));
     let resources = {
         let mut http = store.data_mut().http();
         // Count the response when the guest sets it, before its work can
         // end, so a drain that ends right after still counts it.
         let counted = version.clone();
-        let respond = move |response| {
+        let answered = answered.clone();
+        let respond = move |response: Result<_, ErrorCode>| {
             counted.count_served();
+            let state = if response.is_ok() { ANSWERED } else { FAILED };
+            answered.store(state, Ordering::Release);
             let _ = sender.send(response);
         };
         http.new_incoming_request(Scheme::Http, req)
@@ -74,7 +87,8 @@ where
     };
 
     let run_version = version.clone();
-    let mut run = InPlace::new(async move {
+    let run_answered = answered.clone();
+    let mut run = InPlace::new(answered, hangup_grace, version.generation(), async move {
         let version = run_version;
         let _held = (guard, turn);
         let run = async {
@@ -96,14 +110,20 @@ where
         let end = match outcome {
             None => GuestEnd::Forced,
             Some(Ok(Ok(proxy))) => {
-                // Only an instance that returned cleanly may serve again; one
-                // that trapped, timed out or was cut off is dropped.
-                version.give_back(Warm {
-                    store,
-                    proxy,
-                    uses: uses + 1,
-                });
-                GuestEnd::Returned
+                // Only an instance that returned cleanly after a good answer
+                // may serve again; one that trapped, timed out, was cut off,
+                // reported an error or never answered is dropped, since it
+                // would most likely fail the next request the same way.
+                if run_answered.load(Ordering::Acquire) == ANSWERED {
+                    version.give_back(Warm {
+                        store,
+                        proxy,
+                        uses: uses + 1,
+                    });
+                    GuestEnd::Returned
+                } else {
+                    GuestEnd::Unanswered
+                }
             }
             Some(Ok(Err(e))) => GuestEnd::Failed(e),
             Some(Err(_)) => GuestEnd::TimedOut,
@@ -149,7 +169,7 @@ where
             StatusCode::INTERNAL_SERVER_ERROR,
             "the app failed while handling this request\n".into(),
         ),
-        GuestEnd::Returned => plain(
+        GuestEnd::Returned | GuestEnd::Unanswered => plain(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the app returned without sending a response\n".into(),
         ),
@@ -165,15 +185,35 @@ where
 /// or the client hung up) goes on in a task of its own.
 struct InPlace {
     run: Option<Pin<Box<dyn Future<Output = GuestEnd> + Send>>>,
+    /// Whether the guest has set its response ([`SILENT`] until then).
+    answered: Arc<AtomicU8>,
+    /// How long a guest may go on unanswered once its caller is gone.
+    hangup_grace: Duration,
+    generation: u64,
 }
 
 impl InPlace {
-    fn new(run: impl Future<Output = GuestEnd> + Send + 'static) -> Self {
+    fn new(
+        answered: Arc<AtomicU8>,
+        hangup_grace: Duration,
+        generation: u64,
+        run: impl Future<Output = GuestEnd> + Send + 'static,
+    ) -> Self {
         Self {
             run: Some(Box::pin(run)),
+            answered,
+            hangup_grace,
+            generation,
         }
     }
 }
+
+/// The guest has not set a response yet.
+const SILENT: u8 = 0;
+/// The guest set a response.
+const ANSWERED: u8 = 1;
+/// The guest reported an error instead of a response.
+const FAILED: u8 = 2;
 
 impl Future for InPlace {
     type Output = GuestEnd;
@@ -204,14 +244,37 @@ impl Drop for InPlace {
         {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(run);
-            }
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime,
             // Dropped outside the runtime (at process exit): nothing can
             // drive the guest any more.
-            Err(_) => tracing::debug!("guest run dropped outside the runtime"),
+            Err(_) => {
+                tracing::debug!("guest run dropped outside the runtime");
+                return;
+            }
+        };
+        if self.answered.load(Ordering::Acquire) != SILENT {
+            // Work after the answer: it goes on to its end (bounded by the
+            // request timeout and the drain deadline).
+            runtime.spawn(run);
+            return;
         }
+        // The client went away before the answer: nobody will read it, and
+        // the guest holds a turn of the app's concurrency. A short grace
+        // lets a guest that is nearly done finish (and its side effects
+        // complete); then it is stopped, so clients that hang up or reset
+        // streams cannot pin every turn for the whole request timeout.
+        let (grace, generation) = (self.hangup_grace, self.generation);
+        runtime.spawn(async move {
+            if tokio::time::timeout(grace, run).await.is_err() {
+                CONNECTIONS.cut(Cutoff::Hangup);
+                tracing::warn!(
+                    generation,
+                    grace_ms = grace.as_millis() as u64,
+                    "guest stopped: its client went away before the answer (--hangup-grace)"
+                );
+            }
+        });
     }
 }
 
@@ -219,6 +282,10 @@ fn log_end(version: &Version, end: &GuestEnd) {
     let generation = version.generation();
     match end {
         GuestEnd::Returned => {}
+        GuestEnd::Unanswered => tracing::warn!(
+            generation,
+            "guest returned without sending a response (or after reporting an error); its instance is dropped"
+        ),
         GuestEnd::Failed(e) => {
             tracing::warn!(generation, error = %format!("{e:#}"), "guest trapped")
         }

@@ -42,6 +42,7 @@ pub async fn serve(
     overrides: Overrides,
     mut inherited: Inherited,
 ) -> Result<()> {
+    crate::server::raise_open_file_limit(config.connections.max_connections);
     let control = ControlSocket::bind(&config.control)?;
     let bound = Fleet::bind(&config.apps, &[], &mut inherited).await?;
     for addr in inherited.unused() {
@@ -71,6 +72,7 @@ pub async fn serve(
         control_plane.handle().clone(),
         shutdown.clone(),
         puller.clone(),
+        config.connections.clone(),
     );
     fleet.apply(config.apps.clone(), bound).await?;
     let apps = fleet.table();

@@ -9,76 +9,90 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
+use crate::metrics::{CONNECTIONS, Cutoff};
 use crate::request::{self, Response};
 use crate::routes::{self, RouteTable};
 
 /// Accepts connections on `listener` and serves them with the apps of
-/// `table` until `shutdown` fires; then stops accepting and lets open
-/// connections finish their in-flight requests, for at most `grace`.
+/// `table`, within `limits`, until `shutdown` fires; then stops accepting
+/// and lets open connections finish their in-flight requests, for at most
+/// `grace`.
 pub async fn run(
     listener: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: ConnectionLimits,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
+        .header_read_timeout(limits.header_timeout)
         .timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    let limits = Arc::new(limits);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut backoff = Backoff::default();
 
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
-            Ok(conn) => conn,
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                backoff.reset();
+                stream
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning, and keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Out of file descriptors and the like: wait before the next
+                // try (longer each time it fails again), keep serving what
+                // is open, and say so once per pause rather than per try.
+                backoff.pause(&e).await;
                 continue;
             }
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            CONNECTIONS.cut(Cutoff::MaxConnections);
+            tokio::spawn(turn_away(stream, limits.max_connections));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let table = table.clone();
-        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let app = table.load().pick(&req).cloned();
-            async move {
-                Ok::<_, Infallible>(match app {
-                    Some(app) => app.handle(req).await,
-                    None => no_app(&req),
-                })
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+        let (table, builder, limits, stop) = (
+            table.clone(),
+            builder.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        );
+        connections.spawn(async move {
+            let _slot = slot;
+            let _counted = CONNECTIONS.opened();
+            serve_connection(stream, table, &builder, &limits, stop).await;
         });
     }
 
     drop(listener);
+    connections.close();
     tracing::info!("stopped accepting connections; waiting for open connections to finish");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
@@ -86,6 +100,208 @@ pub async fn run(
             grace_ms = grace.as_millis() as u64,
             "connections still open after the drain timeout; closing them"
         );
+    }
+}
+
+/// Serves one connection: checks how it opens, then hands it to hyper and
+/// watches it for idleness and for the listener's shutdown.
+async fn serve_connection(
+    stream: TcpStream,
+    table: Arc<ArcSwap<RouteTable>>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnectionLimits,
+    stop: CancellationToken,
+) {
+    let opening = tokio::select! {
+        opening = connection::sniff(&stream, limits.header_timeout) => opening,
+        _ = stop.cancelled() => return,
+    };
+    match opening {
+        Opening::Http => {}
+        Opening::Closed => return,
+        refused => {
+            let why = match refused {
+                Opening::Silent => Cutoff::HeaderTimeout,
+                Opening::BareLf => Cutoff::BareLf,
+                Opening::TooLong => Cutoff::LineTooLong,
+                _ => Cutoff::NotHttp,
+            };
+            CONNECTIONS.cut(why);
+            tracing::debug!(?refused, "connection refused before HTTP");
+            if let Some(answer) = connection::refusal(refused) {
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+                let _ = stream.shutdown().await;
+            }
+            return;
+        }
+    }
+
+    let activity = Activity::new();
+    let body_timeout = limits.body_timeout;
+    let watched = activity.clone();
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = watched.request();
+        let app = table.load().pick(&req).cloned();
+        async move {
+            let response = match app {
+                _ if req
+                    .headers()
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .nth(1)
+                    .is_some() =>
+                {
+                    CONNECTIONS.cut(Cutoff::DuplicateHost);
+                    request::plain(
+                        http::StatusCode::BAD_REQUEST,
+                        "a request may carry one Host header, not several\n".into(),
+                    )
+                }
+                Some(app) => {
+                    let late = Arc::new(AtomicBool::new(false));
+                    let req = req.map(|body| Paced::new(body, body_timeout, late.clone()));
+                    let response = app.handle(req).await;
+                    if late.load(Ordering::Relaxed) && response.status().is_server_error() {
+                        CONNECTIONS.cut(Cutoff::BodyTimeout);
+                        request::plain(
+                            http::StatusCode::REQUEST_TIMEOUT,
+                            format!(
+                                "the request body did not arrive in time (--body-timeout {body_timeout:?}, plus 1s per 64 KiB received)\n"
+                            ),
+                        )
+                    } else {
+                        response
+                    }
+                }
+                None => no_app(&req),
+            };
+            // The connection counts as busy until the answer is sent.
+            Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight).boxed_unsync()))
+        }
+    });
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    // Once an idle connection is told to go (GOAWAY), how long its peer
+    // may take to finish the goodbye before the socket is simply dropped.
+    let mut drop_at: Option<tokio::time::Instant> = None;
+    loop {
+        let idle_left = limits.idle_timeout.saturating_sub(activity.idle_for());
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        CONNECTIONS.cut(Cutoff::HeaderTimeout);
+                    }
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(idle_left), if !closing => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    CONNECTIONS.cut(Cutoff::IdleTimeout);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    drop_at = Some(tokio::time::Instant::now() + IDLE_GOODBYE);
+                }
+            }
+            _ = sleep_until(drop_at), if drop_at.is_some() => return,
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, since
+/// every client connection takes a descriptor and the usual soft limit
+/// (1024) is far below `--max-connections`; warns when even the hard limit
+/// is below `wanted`, as then accepts fail (and back off) before the cap.
+pub fn raise_open_file_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if (limit.rlim_cur as u128) < wanted as u128 + 64 {
+        tracing::warn!(
+            open_files = limit.rlim_cur as u64,
+            max_connections = wanted,
+            "the open-file limit is below --max-connections; raise it (LimitNOFILE= under systemd, ulimit -n) or lower --max-connections"
+        );
+    }
+}
+
+/// How long a connection closed for idleness may take over its goodbye:
+/// an HTTP/2 peer is sent GOAWAY and a ping, and one that never answers
+/// must not hold its socket.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a connection over the listener's cap with `503` and closes it,
+/// without reading its request: the answer is all it costs.
+async fn turn_away(mut stream: TcpStream, max: usize) {
+    let body = format!(
+        "this listener has its limit of {max} connections open (--max-connections); retry shortly\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// How long an accept loop waits after a failed accept: doubling from
+/// 10 ms to 1 s while it keeps failing, logged once per pause.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// Waits before the next accept and logs why.
+    pub async fn pause(&mut self, error: &std::io::Error) {
+        let wait = Duration::from_millis(10u64 << self.failures.min(7)).min(Duration::from_secs(1));
+        self.failures = self.failures.saturating_add(1);
+        // One warning when failures start and then one per second at most,
+        // so running out of descriptors cannot flood the log.
+        if self.failures == 1 || wait == Duration::from_secs(1) {
+            tracing::warn!(error = %error, failures = self.failures, wait_ms = wait.as_millis() as u64, "accept failed; pausing accepts");
+        }
+        tokio::time::sleep(wait).await;
+    }
+
+    /// An accept succeeded.
+    pub fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting again");
+        }
+        self.failures = 0;
     }
 }
 
