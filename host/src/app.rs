@@ -8,6 +8,7 @@
 
 mod pipeline;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,7 +183,12 @@ pub struct App {
     generations: AtomicU64,
     drains: TaskTracker,
     asks: mpsc::UnboundedSender<Ask>,
+    /// What a reload naming no file reads: the file of the live version.
     path: watch::Sender<PathBuf>,
+    /// The component file each generation was loaded from (a revived one:
+    /// that of the generation it revives), for status and for moving
+    /// `path` along when a rollback or promote changes the live version.
+    sources: Mutex<HashMap<u64, PathBuf>>,
     /// Held by a change and by shutdown, so nothing can swap in a version
     /// after shutdown has drained the live one; `true` once closed.
     pipeline: tokio::sync::Mutex<bool>,
@@ -235,6 +241,7 @@ impl App {
             generations: AtomicU64::new(first),
             drains: TaskTracker::new(),
             asks,
+            sources: Mutex::new(HashMap::from([(first, path.clone())])),
             path: watch::Sender::new(path),
             pipeline: tokio::sync::Mutex::new(false),
             admission: Admission::new(settings.limits.clone()),
@@ -309,6 +316,28 @@ impl App {
     /// names a new file.
     pub fn path(&self) -> watch::Receiver<PathBuf> {
         self.path.subscribe()
+    }
+
+    /// The component file generation `generation` was loaded from (for a
+    /// revived generation, the file of the one it revives), while the app
+    /// still holds that generation.
+    pub fn source_of(&self, generation: u64) -> Option<PathBuf> {
+        self.sources.lock().ok()?.get(&generation).cloned()
+    }
+
+    /// Records that `generation` was loaded from `path`.
+    fn set_source(&self, generation: u64, path: &std::path::Path) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.insert(generation, path.to_path_buf());
+        }
+    }
+
+    /// Forgets the sources of generations the app no longer holds.
+    fn prune_sources(&self) {
+        let held: Vec<u64> = self.versions().iter().map(|v| v.generation()).collect();
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.retain(|generation, _| held.contains(generation));
+        }
     }
 
     /// Asks for a reload from `path` (or the current path) and waits for the

@@ -184,7 +184,8 @@ pub struct HostStatus {
 pub struct AppStatus {
     /// The app's name.
     pub app: String,
-    /// The component file of the live version.
+    /// The component file of the live version, which a reload naming no
+    /// file (or SIGHUP, or the file watch) reads.
     pub path: PathBuf,
     /// Seconds since the app started.
     pub uptime_s: f64,
@@ -229,6 +230,14 @@ pub struct VersionStatus {
     /// takes over).
     #[serde(default)]
     pub tier: String,
+    /// The component file its code was loaded from (for a rolled-back
+    /// generation, that of the generation it revives).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The registry reference that file was pulled by, pinned; `None` for
+    /// a local file.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// The host's end of the control socket.
@@ -488,9 +497,19 @@ async fn act(
             }
             changed(result)
         }
-        ControlRequest::Promote { app } => changed(apps.find(app.as_deref())?.promote().await),
+        ControlRequest::Promote { app } => {
+            let app = apps.find(app.as_deref())?;
+            let result = app.promote().await;
+            follow_live(&app, puller, &result);
+            changed(result)
+        }
         ControlRequest::Abort { app } => changed(apps.find(app.as_deref())?.abort().await),
-        ControlRequest::Rollback { app } => changed(apps.find(app.as_deref())?.rollback().await),
+        ControlRequest::Rollback { app } => {
+            let app = apps.find(app.as_deref())?;
+            let result = app.rollback().await;
+            follow_live(&app, puller, &result);
+            changed(result)
+        }
         ControlRequest::ApplyConfig { path } => {
             let config = config.ok_or(
                 "this host serves one app from the command line, not a config file; start it with `wasm-host serve --config FILE` to manage apps by file",
@@ -522,6 +541,19 @@ async fn act(
     }
 }
 
+/// After a promote or rollback put another version live, a bare reload
+/// and `--watch-tag` must follow what runs now: the reference its file was
+/// pulled by, or none for a plain file.
+fn follow_live(
+    app: &App,
+    puller: &Puller,
+    result: &Result<ReloadOutcome, crate::app::ReloadError>,
+) {
+    if let Ok(outcome) = result {
+        puller.follow(app.name(), &outcome.path);
+    }
+}
+
 fn status(app: &App, puller: &Puller) -> AppStatus {
     let (reloads_ok, reloads_unchanged, reloads_refused) = app.metrics().reloads();
     let versions = app
@@ -536,6 +568,11 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             uptime_s: v.uptime().as_secs(),
             code_bytes: v.code_bytes(),
             tier: v.tier().to_string(),
+            path: app.source_of(v.generation()),
+            source: app
+                .source_of(v.generation())
+                .and_then(|p| puller.reference_of(&p))
+                .map(|r| r.to_string()),
         })
         .collect();
     AppStatus {

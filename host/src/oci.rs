@@ -127,6 +127,10 @@ pub struct Pulled {
 pub struct Puller {
     dir: PathBuf,
     origins: Mutex<HashMap<String, Reference>>,
+    /// The reference each pulled file was last pulled by, so a version
+    /// brought back by a rollback or promote is known by its reference
+    /// again. One entry per distinct component in the cache.
+    pulled: Mutex<HashMap<PathBuf, Reference>>,
 }
 
 impl Puller {
@@ -135,6 +139,7 @@ impl Puller {
         Self {
             dir,
             origins: Mutex::new(HashMap::new()),
+            pulled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,6 +170,9 @@ impl Puller {
             fetched = true;
         }
         tracing::info!(reference = %pinned, fetched, "pulled");
+        if let Ok(mut pulled) = self.pulled.lock() {
+            pulled.insert(path.clone(), pinned.clone());
+        }
         Ok(Pulled {
             reference: pinned,
             path,
@@ -192,6 +200,21 @@ impl Puller {
     pub fn forget(&self, app: &str) {
         if let Ok(mut origins) = self.origins.lock() {
             origins.remove(app);
+        }
+    }
+
+    /// The reference the file at `path` was pulled by, if it is a pull.
+    pub fn reference_of(&self, path: &Path) -> Option<Reference> {
+        self.pulled.lock().ok()?.get(path).cloned()
+    }
+
+    /// Notes what `app` runs now that its live version came from `path`
+    /// (after a rollback or promote): the reference `path` was pulled by,
+    /// or a plain file.
+    pub fn follow(&self, app: &str, path: &Path) {
+        match self.reference_of(path) {
+            Some(reference) => self.remember(app, &reference),
+            None => self.forget(app),
         }
     }
 

@@ -96,6 +96,7 @@ impl App {
             Op::Abort { only, why } => self.run_abort(only, &why),
             Op::Rollback => self.run_rollback().await,
         };
+        self.prune_sources();
         drop(closed);
         result
     }
@@ -118,6 +119,8 @@ impl App {
                 return Err(ReloadError::CanaryIsLive(path));
             }
             tracing::info!(app = %name, generation = live.generation(), digest = %digest.short(), "reload: unchanged");
+            // The same bytes under another name: later reloads read that.
+            self.set_source(live.generation(), &path);
             self.path.send_if_modified(|p| replace(p, &path));
             return Ok(outcome(&live, &path, true));
         }
@@ -127,6 +130,7 @@ impl App {
             // Same canary bytes: only its plan changes (e.g. a ramp-up).
             let version = canary.version.clone();
             self.set_canary(version.clone(), plan.clone(), path.clone())?;
+            self.set_source(version.generation(), &path);
             tracing::info!(app = %name, generation = version.generation(), percent = plan.percent, "canary share changed");
             let mut done = outcome(&version, &path, true);
             done.canary = true;
@@ -147,6 +151,7 @@ impl App {
         )
         .await?;
         self.generations.store(generation, Ordering::SeqCst);
+        self.set_source(generation, &path);
         let version = Arc::new(version);
         let mut done = outcome(&version, &path, false);
         match plan {
@@ -195,9 +200,12 @@ impl App {
         // between still finds it taking requests.
         let retired = self.swap_in(&version, true);
         self.canary.store(None);
-        self.path.send_if_modified(|p| replace(p, &canary.path));
+        let path = self
+            .source_of(version.generation())
+            .unwrap_or_else(|| canary.path.clone());
+        self.path.send_if_modified(|p| replace(p, &path));
         tracing::info!(app = %self.settings.name, generation = version.generation(), "canary promoted: version live");
-        let mut done = outcome(&version, &canary.path, false);
+        let mut done = outcome(&version, &path, false);
         done.retired = Some(retired);
         Ok(done)
     }
@@ -233,6 +241,13 @@ impl App {
                 source,
             })?;
         self.generations.store(generation, Ordering::SeqCst);
+        // What runs again came from the previous version's file, so that is
+        // what a bare reload, SIGHUP or the file watch reads from now on;
+        // left on the rolled-back file, the next SIGHUP would undo this.
+        let path = self
+            .source_of(previous.generation())
+            .unwrap_or_else(|| self.path.borrow().clone());
+        self.set_source(generation, &path);
         let revived = Arc::new(revived);
         if let Some(canary) = self.canary.swap(None) {
             self.retire(canary.version.clone(), true);
@@ -243,9 +258,11 @@ impl App {
             generation,
             revived_from = previous.generation(),
             digest = %previous.digest().short(),
+            path = %path.display(),
             "rolled back: version live"
         );
-        let mut done = outcome(&revived, &self.path.borrow(), false);
+        self.path.send_if_modified(|p| replace(p, &path));
+        let mut done = outcome(&revived, &path, false);
         done.retired = Some(retired);
         done.revived_from = Some(previous.generation());
         Ok(done)
