@@ -101,9 +101,15 @@ impl Runtime {
     /// plus Winch for quick first code) and their linkers holding all of
     /// WASI 0.2 plus wasi:http, then starts the epoch tickers.
     pub fn new(settings: &EngineSettings) -> Result<Self> {
-        let optimized = Tier::new(settings, Strategy::Cranelift)?;
+        let engines = if settings.baseline_above.is_some() {
+            2
+        } else {
+            1
+        };
+        let budget = FREED_MEMORY_BUDGET / engines;
+        let optimized = Tier::new(settings, Strategy::Cranelift, budget)?;
         let baseline = match settings.baseline_above {
-            Some(_) => Some(Tier::new(settings, Strategy::Winch)?),
+            Some(_) => Some(Tier::new(settings, Strategy::Winch, budget)?),
             None => None,
         };
         let code = settings
@@ -182,8 +188,51 @@ pub struct Tier {
     baseline: bool,
 }
 
+/// Most memory one engine's pool may hold on the host's behalf after
+/// guests are done with it, before it goes back to the kernel: split
+/// between the engines when there are two (quick and optimized code).
+///
+/// wasmtime's pool does not return a finished instance's memory at once:
+/// what lies beyond [`KEEP_RESIDENT`] is queued, and a queue is returned in
+/// one batch once it holds [`PoolingAllocationConfig::decommit_batch_size`]
+/// regions. Every memory adds at least one region, so one queue holds at
+/// most `batch - 1` memories of up to `--max-memory` each, and there is one
+/// queue per CPU (at most 16). A guest that runs out of memory leaves all of
+/// `--max-memory` behind: with a fixed batch of 128, six such requests at
+/// 512 MiB once left 3 GB resident. So the batch is derived from
+/// `--max-memory` to keep queues × (batch − 1) × max-memory within this
+/// budget (see [`decommit_batch_size`]).
+pub const FREED_MEMORY_BUDGET: usize = 256 << 20;
+
+/// Bytes of each linear memory the pool resets in place (a `memset` of the
+/// pages written) instead of returning them to the kernel: small guests
+/// then never pay for a page fault on their next request.
+const KEEP_RESIDENT: usize = 4 << 20;
+
+/// Largest decommit batch: beyond it, one more syscall saved per batch no
+/// longer shows in throughput.
+const MAX_DECOMMIT_BATCH: usize = 128;
+
+/// The decommit batch for one pool whose memories grow to at most
+/// `max_memory` bytes, so that what its `queues` hold stays within
+/// `budget` bytes: 1 (return every memory at once) when even one memory
+/// per queue would not fit, up to [`MAX_DECOMMIT_BATCH`] for small
+/// memories.
+pub fn decommit_batch_size(max_memory: usize, budget: usize, queues: usize) -> usize {
+    let per_round = max_memory.max(1).saturating_mul(queues.max(1));
+    (1 + budget / per_round).min(MAX_DECOMMIT_BATCH)
+}
+
+/// How many decommit queues wasmtime's pool keeps: one per CPU, at most 16
+/// (wasmtime's `default_shard_count`, which is not public).
+fn decommit_queues() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get().min(16))
+}
+
 impl Tier {
-    fn new(settings: &EngineSettings, strategy: Strategy) -> Result<Self> {
+    fn new(settings: &EngineSettings, strategy: Strategy, budget: usize) -> Result<Self> {
+        let batch = decommit_batch_size(settings.max_memory, budget, decommit_queues());
+        tracing::debug!(batch, budget, "decommit batch of the instance pool");
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(settings.max_instances)
             .total_core_instances(settings.max_instances.saturating_mul(4))
@@ -193,10 +242,11 @@ impl Tier {
             .max_memory_size(settings.max_memory)
             // A fresh instance per request makes decommit the hot path: keep
             // small memories and tables resident and reset them in place
-            // instead of returning pages to the kernel, and batch the rest.
-            .linear_memory_keep_resident(4 << 20)
+            // instead of returning pages to the kernel, and batch the rest,
+            // as far as the budget for freed memory allows.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(1 << 20)
-            .decommit_batch_size(128)
+            .decommit_batch_size(batch)
             .pagemap_scan(Enabled::Auto);
 
         let mut config = Config::new();
@@ -404,5 +454,30 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.outgoing,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_memory_waiting_for_decommit_stays_within_the_budget() {
+        for max_memory in [64 << 10, 1 << 20, 16 << 20, 64 << 20, 512 << 20, 4 << 30] {
+            for queues in [1, 2, 8, 16] {
+                let batch = decommit_batch_size(max_memory, FREED_MEMORY_BUDGET, queues);
+                assert!((1..=MAX_DECOMMIT_BATCH).contains(&batch));
+                // At most batch - 1 memories wait in each queue.
+                let held = queues * (batch - 1) * max_memory;
+                assert!(
+                    held <= FREED_MEMORY_BUDGET,
+                    "{max_memory} x {queues}: {batch}"
+                );
+            }
+        }
+        // The default 512 MiB returns each memory at once; small guests
+        // still batch.
+        assert_eq!(decommit_batch_size(512 << 20, FREED_MEMORY_BUDGET, 2), 1);
+        assert_eq!(decommit_batch_size(1 << 20, FREED_MEMORY_BUDGET, 2), 128);
     }
 }
