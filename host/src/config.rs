@@ -307,10 +307,33 @@ pub fn default_log_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/wasm-host-logs-{uid}"))
 }
 
-/// Parses a duration such as `30s`, `500ms` or `2m`.
+/// The longest duration any setting takes (a day). Timeouts and polling
+/// periods longer than that are typing mistakes, and an unbounded one
+/// overflows the clock arithmetic of deadlines (a drain deadline of
+/// `u64::MAX` seconds cannot be represented).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// [`MAX_DURATION`] as the flags would write it.
+const MAX_DURATION_TEXT: &str = "24h";
+
+/// Parses a duration such as `30s`, `500ms` or `2m`, at most
+/// [`MAX_DURATION`]. Every duration flag and config-file value goes through
+/// here, so they share one bound and one wording.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms or 2m"))
+    let value = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms or 2m"))?;
+    check_duration_bound(value).map_err(|e| format!("`{text}` {e}"))?;
+    Ok(value)
+}
+
+/// Refuses a duration above [`MAX_DURATION`], for values that arrive
+/// already parsed (the control protocol).
+pub fn check_duration_bound(value: Duration) -> Result<(), String> {
+    if value > MAX_DURATION {
+        return Err(format!(
+            "is longer than {MAX_DURATION_TEXT}, the longest duration wasm-host accepts"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a byte size such as `512MiB`, `64m`, `1G` or `1048576`.
@@ -399,6 +422,10 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        let absurd = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(absurd.contains("longer than 24h"), "{absurd}");
+        assert!(parse_duration("25h").is_err());
     }
 
     #[test]

@@ -11,6 +11,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// The moment `after` past `start`, for a [`WorkCounter::wait_idle`]
+/// deadline. Never panics: a span the clock cannot represent (settings are
+/// bounded when parsed, so only a bug gets here) waits as long as tokio's
+/// own "far future" instead.
+pub fn deadline_after(start: Instant, after: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(86400 * 365 * 30);
+    start
+        .checked_add(after)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
+}
+
 /// The number of running pieces of work, and a way to wait for none.
 #[derive(Debug, Default)]
 pub struct WorkCounter {
@@ -100,5 +112,16 @@ mod tests {
             .wait_idle(Instant::now() + Duration::from_millis(30))
             .await;
         assert!(!idle);
+    }
+
+    #[test]
+    fn absurd_deadlines_do_not_panic() {
+        let now = Instant::now();
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(86400 * 365));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
     }
 }
