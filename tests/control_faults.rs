@@ -118,7 +118,10 @@ async fn reload_of_a_fifo_is_refused_and_the_host_keeps_answering() {
     );
     assert!(!out.status.success(), "a FIFO was reloaded: {out:?}");
     assert!(stderr(&out).contains("FIFO"), "{}", stderr(&out));
-    assert!(took < Duration::from_secs(5), "refusing a FIFO took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "refusing a FIFO took {took:?}"
+    );
     still_serving(&host, Some(&admin)).await;
     assert_eq!(refused_count(&admin, "component_not_regular_file").await, 1);
     let answer = get(&host.addr, "/").await.unwrap();
@@ -150,7 +153,10 @@ async fn reload_of_dev_zero_or_an_oversized_file_is_refused_quickly() {
         "{}",
         stderr(&out)
     );
-    assert!(took < Duration::from_secs(5), "refusing /dev/zero took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "refusing /dev/zero took {took:?}"
+    );
 
     // A sparse file: large, but costs no disk.
     let huge = dir.path().join("huge.wasm");
@@ -169,7 +175,10 @@ async fn reload_of_dev_zero_or_an_oversized_file_is_refused_quickly() {
         "{}",
         stderr(&out)
     );
-    assert!(took < Duration::from_secs(5), "refusing 8 GiB took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "refusing 8 GiB took {took:?}"
+    );
 
     still_serving(&host, Some(&admin)).await;
     assert_eq!(refused_count(&admin, "component_not_regular_file").await, 1);
@@ -255,7 +264,11 @@ fn status_gives_up_on_a_host_that_never_replies() {
     assert!(stderr(&out).contains("no reply"), "{}", stderr(&out));
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // Without --timeout, status still gives up on its own.
-    let (out, took) = run_within(&["status", "--control", socket], &[], Duration::from_secs(40));
+    let (out, took) = run_within(
+        &["status", "--control", socket],
+        &[],
+        Duration::from_secs(40),
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("within 10s"), "{}", stderr(&out));
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -268,7 +281,9 @@ async fn accept_errors_back_off_instead_of_spinning() {
     write_version(&v1, "hello", "v1");
     let host = Host::start(&v1, &["--no-watch"]);
     let pid = host.status_json()["host"]["pid"].as_u64().unwrap() as i32;
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
 
     // Leave the host a few descriptors, then use them up with silent
     // control clients: the next accepts fail with EMFILE.
@@ -396,7 +411,10 @@ fn the_default_socket_directory_must_be_private_and_ours() {
     // Owned by another user: serve refuses to start there, status refuses
     // to talk to what sits inside.
     let out = run(&serve_args(&component));
-    assert!(!out.status.success(), "serve started in another user's directory");
+    assert!(
+        !out.status.success(),
+        "serve started in another user's directory"
+    );
     assert!(
         stderr(&out).contains("belongs to uid 65534"),
         "{}",
@@ -405,16 +423,30 @@ fn the_default_socket_directory_must_be_private_and_ours() {
     let out = run(&["status".to_string()]);
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("IMPOSTOR"));
-    assert!(stderr(&out).contains("belongs to uid 65534"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to uid 65534"),
+        "{}",
+        stderr(&out)
+    );
 
     // Ours, but open to others: refused too.
     std::fs::remove_file(private.join("control.sock")).unwrap();
     std::os::unix::fs::chown(&private, Some(uid), Some(uid)).unwrap();
-    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let out = run(&serve_args(&component));
-    assert!(!out.status.success(), "serve started in a world-writable directory");
-    assert!(stderr(&out).contains("open to other users"), "{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "serve started in a world-writable directory"
+    );
+    assert!(
+        stderr(&out).contains("open to other users"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // Item 7: a rollback moves what the app reloads from.
@@ -428,7 +460,10 @@ async fn a_rollback_is_not_undone_by_a_bare_reload_or_sighup() {
     write_version(&v2, "hello", "v2");
     let host = Host::start(&v1, &["--no-watch"]);
     host.reload_ok(&v2);
-    assert_eq!(get(&host.addr, "/").await.unwrap().body.trim(), "hello from v2");
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body.trim(),
+        "hello from v2"
+    );
     let said = host.ctl_ok(&["rollback"]);
     assert!(said.contains("generation 3 is live"), "{said}");
 
@@ -441,7 +476,10 @@ async fn a_rollback_is_not_undone_by_a_bare_reload_or_sighup() {
     // A bare reload reads v1 again: nothing changes.
     let said = host.ctl_ok(&["reload"]);
     assert!(said.contains("unchanged"), "{said}");
-    assert_eq!(get(&host.addr, "/").await.unwrap().body.trim(), "hello from v1");
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body.trim(),
+        "hello from v1"
+    );
 
     // SIGHUP likewise.
     host.signal(libc::SIGHUP);
@@ -452,6 +490,12 @@ async fn a_rollback_is_not_undone_by_a_bare_reload_or_sighup() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = host.status_json();
-    assert_eq!(status["apps"][0]["versions"][0]["generation"], 3, "{status}");
-    assert_eq!(get(&host.addr, "/").await.unwrap().body.trim(), "hello from v1");
+    assert_eq!(
+        status["apps"][0]["versions"][0]["generation"], 3,
+        "{status}"
+    );
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body.trim(),
+        "hello from v1"
+    );
 }

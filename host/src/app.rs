@@ -312,8 +312,9 @@ impl App {
         all
     }
 
-    /// The component path the live version came from; changes when a reload
-    /// names a new file.
+    /// The component path the live version came from, which a reload
+    /// naming no file reads again; changes when a reload names a new file,
+    /// and when a rollback or promote puts a version of another file live.
     pub fn path(&self) -> watch::Receiver<PathBuf> {
         self.path.subscribe()
     }
@@ -553,8 +554,7 @@ impl App {
             let started = tokio::time::Instant::now();
             let served_before = old.served();
             let mut forced = 0;
-            let deadline = crate::work::deadline_after(started, drain_timeout);
-            if !old.work().wait_idle(deadline).await {
+            if !old.work().wait_idle(started + drain_timeout).await {
                 forced = old.work().running();
                 tracing::warn!(app = %name, generation = old.generation(), forced, "drain deadline passed; ending remaining work");
                 old.force_end();

@@ -87,7 +87,8 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Control socket for `wasm-host reload` and `status`
-    /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else /tmp/wasm-host-$UID.sock].
+    /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else
+    /// $TMPDIR/wasm-host-$UID/control.sock, in a private directory].
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
     /// Serve /healthz, /readyz and Prometheus /metrics on this address (off
@@ -240,7 +241,8 @@ fn parse_size_or_zero(text: &str) -> Result<usize, String> {
 #[derive(Debug, Args)]
 struct ControlArgs {
     /// Control socket of the running host
-    /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else /tmp/wasm-host-$UID.sock].
+    /// [default: $XDG_RUNTIME_DIR/wasm-host.sock, else
+    /// $TMPDIR/wasm-host-$UID/control.sock, in a private directory].
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
     /// Give up when the host has not replied within DUR [default: 10s for
@@ -470,8 +472,9 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 ),
                 None => None,
             };
-            let reply =
-                control.send(&ControlRequest::ApplyConfig { path }, RELOAD_TIMEOUT).await?;
+            let reply = control
+                .send(&ControlRequest::ApplyConfig { path }, RELOAD_TIMEOUT)
+                .await?;
             Ok(print_reply(reply, Step::Reload))
         }
         Command::Reload(args) => {
@@ -666,12 +669,18 @@ fn print_status(report: &StatusReport) {
             println!("key-value store: {}", app.keyvalue);
         }
         println!(
-            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<9}",
+            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<9}  from",
             "gen", "digest", "state", "in-flight", "served", "up", "code", "tier"
         );
         for v in &app.versions {
+            // Where the code came from: the pull's reference, else the file.
+            let from = match (&v.source, &v.path) {
+                (Some(source), _) => source.clone(),
+                (None, Some(path)) => path.display().to_string(),
+                (None, None) => String::new(),
+            };
             println!(
-                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi  {:<9}",
+                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi  {:<9}  {}",
                 v.generation,
                 &v.digest[..12.min(v.digest.len())],
                 v.state,
@@ -679,7 +688,8 @@ fn print_status(report: &StatusReport) {
                 v.served,
                 humantime::format_duration(Duration::from_secs(v.uptime_s)).to_string(),
                 v.code_bytes as f64 / (1 << 20) as f64,
-                v.tier
+                v.tier,
+                from
             );
         }
     }

@@ -405,7 +405,9 @@ async fn answer(
     puller: &Puller,
     config: Option<&mpsc::Sender<ConfigAsk>>,
 ) -> Result<()> {
-    let peer = stream.peer_cred().context("cannot read the control client's credentials")?;
+    let peer = stream
+        .peer_cred()
+        .context("cannot read the control client's credentials")?;
     let (read, mut write) = stream.into_split();
     let reply = if !server_trusts(peer.uid()) {
         metrics::refused(Refused::ControlPeerUser);
@@ -644,9 +646,12 @@ async fn exchange(socket: &Path, request: &ControlRequest) -> Result<ControlRepl
     };
     // The owner check above races with a swap of the file; the peer's
     // credentials, taken by the kernel at connect, do not.
-    let peer = stream
-        .peer_cred()
-        .with_context(|| format!("cannot check who serves control socket {}", socket.display()))?;
+    let peer = stream.peer_cred().with_context(|| {
+        format!(
+            "cannot check who serves control socket {}",
+            socket.display()
+        )
+    })?;
     if !client_trusts(peer.uid()) {
         bail!(
             "control socket {} is served by a process of uid {}, not of this user (uid {}); refusing to trust it",
