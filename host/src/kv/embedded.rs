@@ -6,10 +6,20 @@
 //! commits are durable on return, so an acknowledged write survives a
 //! `kill -9` or a power cut. Reads run on the blocking pool against the
 //! last committed state.
+//!
+//! A failed write to the file (a full disk, an I/O error) leaves a redb
+//! handle refusing everything after it (`PreviousIo`) for as long as it
+//! lives. So the handle is dropped and the file reopened right after such a
+//! failure: redb's repair brings back the last committed state, and once
+//! space is back writes succeed again without a restart. A reopen that fails
+//! is tried again on a later operation, at most once per
+//! [`REOPEN_RETRY`].
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use tokio::sync::oneshot;
@@ -19,6 +29,14 @@ use super::{Backend, KeyPage, KvError, KvFuture, KvResult, LIST_PAGE, add_to_cou
 
 /// Writes one commit may carry at most.
 const MAX_GROUP: usize = 512;
+
+/// After a reopen failed, how long operations answer with an error before
+/// the next attempt (each one may run redb's repair of the whole file).
+const REOPEN_RETRY: Duration = Duration::from_millis(500);
+
+/// How long a reopen waits for reads still holding the broken handle; the
+/// file can be opened again only once that handle is gone.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 type Def<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
 
@@ -47,43 +65,150 @@ struct Write {
 
 /// An open database file.
 pub struct Embedded {
-    db: Arc<Database>,
+    file: Arc<DbFile>,
     writes: mpsc::Sender<Write>,
+}
+
+/// The database file and its current handle, shared by the writer thread
+/// and the reads.
+struct DbFile {
+    path: PathBuf,
+    /// `None` after a file error until a reopen succeeds.
+    handle: RwLock<Option<Arc<Database>>>,
+    /// When a failed reopen may be tried again.
+    retry_at: Mutex<Option<Instant>>,
+    /// A broken handle is being closed and the file reopened.
+    recovering: AtomicBool,
 }
 
 fn failed(e: impl std::fmt::Display) -> KvError {
     KvError::new(format!("the embedded store failed: {e}"))
 }
 
+/// Whether `e` came from the file itself, after which redb's handle refuses
+/// every later operation until it is reopened.
+fn from_the_file(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+fn open_file(path: &Path) -> KvResult<Database> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| KvError::new(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => KvError::new(format!(
+            "{} is in use by another process; give each host its own --data-dir, or share state through Redis",
+            path.display()
+        )),
+        other => KvError::new(format!("cannot open {}: {other}", path.display())),
+    })
+}
+
+impl DbFile {
+    /// The handle to use now; reopens the file first when an earlier
+    /// failure closed it (at most once per [`REOPEN_RETRY`]).
+    fn handle(&self) -> KvResult<Arc<Database>> {
+        if let Some(db) = self.read_slot().as_ref() {
+            return Ok(db.clone());
+        }
+        if self.recovering.load(Ordering::Acquire) {
+            return Err(unavailable());
+        }
+        self.reopen()
+    }
+
+    fn read_slot(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<Database>>> {
+        // The slot holds no invariant a panic could break halfway.
+        self.handle.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called with the handle an operation failed on: after a file error,
+    /// that handle is useless, so it is closed and the file reopened.
+    fn after_failure(&self, db: Arc<Database>, e: &redb::Error) {
+        if !from_the_file(e) {
+            return;
+        }
+        {
+            let mut slot = self.handle.write().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some(current) if Arc::ptr_eq(current, &db) => *slot = None,
+                // Another failure already took it out.
+                _ => return,
+            }
+            self.recovering.store(true, Ordering::Release);
+        }
+        tracing::warn!(path = %self.path.display(), error = %e, "embedded key-value store hit a file error; reopening it");
+        // The file opens again only once the broken handle is closed. Reads
+        // that fetched it before it broke fail quickly; wait a bounded
+        // while for them to let go (no lock held, so none of them waits on
+        // this).
+        let until = Instant::now() + RELEASE_WAIT;
+        while Arc::strong_count(&db) > 1 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(db);
+        // This first attempt is never held back by an earlier failed one.
+        *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let _ = self.reopen();
+        self.recovering.store(false, Ordering::Release);
+    }
+
+    /// Opens the file again into the empty slot, unless an attempt failed
+    /// less than [`REOPEN_RETRY`] ago.
+    fn reopen(&self) -> KvResult<Arc<Database>> {
+        let mut slot = self.handle.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let mut retry_at = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(unavailable());
+        }
+        match open_file(&self.path) {
+            Ok(db) => {
+                *retry_at = None;
+                let db = Arc::new(db);
+                *slot = Some(db.clone());
+                tracing::info!(path = %self.path.display(), "embedded key-value store reopened");
+                Ok(db)
+            }
+            Err(e) => {
+                *retry_at = Some(Instant::now() + REOPEN_RETRY);
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen the embedded key-value store yet");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn unavailable() -> KvError {
+    KvError::new(
+        "the embedded store is unavailable after a file error (is the disk full?); it is reopened on a later try",
+    )
+}
+
 impl Embedded {
     /// Opens (or creates) the database at `path` and starts its writer.
     pub async fn open(path: PathBuf) -> KvResult<Self> {
         let shown = path.display().to_string();
-        let db = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    KvError::new(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            Database::create(&path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => KvError::new(format!(
-                    "{} is in use by another process; give each host its own --data-dir, or share state through Redis",
-                    path.display()
-                )),
-                other => KvError::new(format!("cannot open {}: {other}", path.display())),
-            })
-        })
-        .await
-        .map_err(failed)??;
-        let db = Arc::new(db);
+        let (db, path) = tokio::task::spawn_blocking(move || open_file(&path).map(|db| (db, path)))
+            .await
+            .map_err(failed)??;
+        let file = Arc::new(DbFile {
+            path,
+            handle: RwLock::new(Some(Arc::new(db))),
+            retry_at: Mutex::new(None),
+            recovering: AtomicBool::new(false),
+        });
         let (writes, queue) = mpsc::channel();
-        let for_writer = db.clone();
+        let for_writer = file.clone();
         std::thread::Builder::new()
             .name("wasm-host-kv-writer".into())
             .spawn(move || write_loop(&for_writer, &queue))
             .map_err(|e| KvError::new(format!("cannot start the writer for {shown}: {e}")))?;
         tracing::debug!(path = %shown, "embedded key-value store open");
-        Ok(Self { db, writes })
+        Ok(Self { file, writes })
     }
 
     fn write(&self, bucket: Arc<str>, op: Op) -> KvFuture<Done> {
@@ -102,19 +227,29 @@ impl Embedded {
     fn read<T: Send + 'static>(
         &self,
         bucket: Arc<str>,
-        read: impl FnOnce(Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>) -> KvResult<T>
+        read: impl FnOnce(
+            Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
+        ) -> Result<T, redb::Error>
         + Send
         + 'static,
     ) -> KvFuture<T> {
-        let db = self.db.clone();
+        let file = self.file.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let txn = db.begin_read().map_err(failed)?;
-                match txn.open_table(Def::new(&bucket)) {
-                    Ok(table) => read(Some(table)),
-                    Err(TableError::TableDoesNotExist(_)) => read(None),
-                    Err(e) => Err(failed(e)),
-                }
+                let db = file.handle()?;
+                let result = (|| {
+                    let txn = db.begin_read()?;
+                    match txn.open_table(Def::new(&bucket)) {
+                        Ok(table) => read(Some(table)),
+                        Err(TableError::TableDoesNotExist(_)) => read(None),
+                        Err(e) => Err(e.into()),
+                    }
+                })();
+                result.map_err(|e| {
+                    let answer = failed(&e);
+                    file.after_failure(db, &e);
+                    answer
+                })
             })
             .await
             .map_err(failed)?
@@ -138,10 +273,7 @@ fn nothing(done: KvFuture<Done>) -> KvFuture<()> {
 impl Backend for Embedded {
     fn get(&self, bucket: Arc<str>, key: String) -> KvFuture<Option<Vec<u8>>> {
         self.read(bucket, move |table| match table {
-            Some(t) => Ok(t
-                .get(key.as_str())
-                .map_err(failed)?
-                .map(|v| v.value().to_vec())),
+            Some(t) => Ok(t.get(key.as_str())?.map(|v| v.value().to_vec())),
             None => Ok(None),
         })
     }
@@ -156,7 +288,7 @@ impl Backend for Embedded {
 
     fn exists(&self, bucket: Arc<str>, key: String) -> KvFuture<bool> {
         self.read(bucket, move |table| match table {
-            Some(t) => Ok(t.get(key.as_str()).map_err(failed)?.is_some()),
+            Some(t) => Ok(t.get(key.as_str())?.is_some()),
             None => Ok(false),
         })
     }
@@ -168,8 +300,8 @@ impl Backend for Embedded {
                 return Ok((Vec::new(), None));
             };
             let mut keys = Vec::new();
-            for entry in t.iter().map_err(failed)?.skip(skip).take(LIST_PAGE + 1) {
-                let (key, _) = entry.map_err(failed)?;
+            for entry in t.iter()?.skip(skip).take(LIST_PAGE + 1) {
+                let (key, _) = entry?;
                 keys.push(key.value().to_string());
             }
             Ok(page(keys, skip))
@@ -202,11 +334,7 @@ impl Backend for Embedded {
                 return Ok(vec![None; keys.len()]);
             };
             keys.iter()
-                .map(|k| {
-                    Ok(t.get(k.as_str())
-                        .map_err(failed)?
-                        .map(|v| v.value().to_vec()))
-                })
+                .map(|k| Ok(t.get(k.as_str())?.map(|v| v.value().to_vec())))
                 .collect()
         })
     }
@@ -223,7 +351,7 @@ impl Backend for Embedded {
 /// The writer thread: takes every write waiting, applies them in order in
 /// one transaction, commits, then answers each. Ends when the store is
 /// dropped.
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
+fn write_loop(file: &DbFile, queue: &mpsc::Receiver<Write>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -232,16 +360,26 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match commit(db, &group) {
+        let outcome = match file.handle() {
+            Err(e) => Err((e, None)),
+            Ok(db) => match commit(&db, &group) {
+                Ok(results) => Ok(results),
+                Err(e) => Err((failed(&e), Some((db, e)))),
+            },
+        };
+        match outcome {
             Ok(results) => {
                 for (write, result) in group.into_iter().zip(results) {
                     let _ = write.reply.send(result);
                 }
             }
-            Err(e) => {
+            Err((e, broke)) => {
                 tracing::error!(error = %e, writes = group.len(), "key-value commit failed");
                 for write in group {
                     let _ = write.reply.send(Err(e.clone()));
+                }
+                if let Some((db, cause)) = broke {
+                    file.after_failure(db, &cause);
                 }
             }
         }
@@ -251,63 +389,57 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
 /// Applies `group` in one transaction. The outer error (storage trouble)
 /// fails the whole group, nothing written; an inner one (a counter that is
 /// not a number) fails only its own write, which then changes nothing.
-fn commit(db: &Database, group: &[Write]) -> KvResult<Vec<KvResult<Done>>> {
-    let txn = db.begin_write().map_err(failed)?;
+fn commit(db: &Database, group: &[Write]) -> Result<Vec<KvResult<Done>>, redb::Error> {
+    let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(group.len());
     for write in group {
-        let mut table = txn.open_table(Def::new(&write.bucket)).map_err(failed)?;
+        let mut table = txn.open_table(Def::new(&write.bucket))?;
         let result = match &write.op {
             Op::Set(key, value) => {
-                table
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(failed)?;
+                table.insert(key.as_str(), value.as_slice())?;
                 Ok(Done::Nothing)
             }
             Op::Delete(key) => {
-                table.remove(key.as_str()).map_err(failed)?;
+                table.remove(key.as_str())?;
                 Ok(Done::Nothing)
             }
             Op::Increment(key, delta) => {
-                let stored = table.get(key.as_str()).map_err(failed)?;
+                let stored = table.get(key.as_str())?;
                 let next = add_to_counter(key, stored.as_ref().map(|v| v.value()), *delta);
                 drop(stored);
                 match next {
                     Ok(n) => {
                         let text = n.to_string();
-                        table
-                            .insert(key.as_str(), text.as_bytes())
-                            .map_err(failed)?;
+                        table.insert(key.as_str(), text.as_bytes())?;
                         Ok(Done::Count(n))
                     }
                     Err(e) => Err(e),
                 }
             }
             Op::Swap(key, expected, new) => {
-                let stored = table.get(key.as_str()).map_err(failed)?;
+                let stored = table.get(key.as_str())?;
                 let matches = stored.as_ref().map(|v| v.value()) == expected.as_deref();
                 drop(stored);
                 if matches {
-                    table.insert(key.as_str(), new.as_slice()).map_err(failed)?;
+                    table.insert(key.as_str(), new.as_slice())?;
                 }
                 Ok(Done::Swapped(matches))
             }
             Op::SetMany(pairs) => {
                 for (key, value) in pairs {
-                    table
-                        .insert(key.as_str(), value.as_slice())
-                        .map_err(failed)?;
+                    table.insert(key.as_str(), value.as_slice())?;
                 }
                 Ok(Done::Nothing)
             }
             Op::DeleteMany(keys) => {
                 for key in keys {
-                    table.remove(key.as_str()).map_err(failed)?;
+                    table.remove(key.as_str())?;
                 }
                 Ok(Done::Nothing)
             }
         };
         results.push(result);
     }
-    txn.commit().map_err(failed)?;
+    txn.commit()?;
     Ok(results)
 }
