@@ -19,6 +19,7 @@ use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 use crate::fleet::Applied;
 use crate::kv::StoreChoice;
 use crate::limits::Limits;
+use crate::log_format::{EscapedFields, HostFile};
 use crate::logfile::{self, LogSettings};
 use crate::oci::Reference;
 use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
@@ -704,7 +705,16 @@ fn init_logging() {
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_target(false)
+        .fmt_fields(EscapedFields::new());
+    // The same lines in the rotated host.log, once `serve` set up the log
+    // directory; the file stamps each line's time itself.
+    let file = fmt::layer()
+        .with_writer(HostFile)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .fmt_fields(EscapedFields::new());
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)

@@ -25,6 +25,7 @@ pub mod guest_log;
 pub mod kv;
 pub mod lifecycle;
 pub mod limits;
+pub mod log_format;
 pub mod logfile;
 pub mod metrics;
 pub mod oci;

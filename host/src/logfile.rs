@@ -2,8 +2,12 @@
 //! and the host's events about that app, each line with time, app and
 //! generation. `wasm-host logs` reads them.
 //!
-//! The files are set up once per process ([`init`]); before that, and for
-//! lines that name no app, nothing is written. Writing never fails a
+//! The host's own events, every one of them, also go to `host.log` in the
+//! same directory, kept the same way ([`for_host`], written by the
+//! formatter in `log_format`).
+//!
+//! The files are set up once per process ([`init`]); before that, nothing
+//! is written, and an event that names no app goes only to `host.log`. Writing never fails a
 //! request: a full disk costs log lines, not traffic.
 
 use std::collections::HashMap;
@@ -17,6 +21,8 @@ use std::time::SystemTime;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
+
+use crate::log_format;
 
 /// How the files are kept.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +68,16 @@ pub fn for_app(app: &str) -> Option<Arc<AppLog>> {
     let log = Arc::new(AppLog::open(&files.settings, app).ok()?);
     open.insert(app.to_string(), log.clone());
     Some(log)
+}
+
+/// The name the host's own log file goes by in the log directory
+/// (`host.log`). An app named `host` shares it rather than racing it over
+/// rotation: both go through the one open file.
+pub const HOST_LOG: &str = "host";
+
+/// The host's own log file, if files are kept (see `log_format`).
+pub fn for_host() -> Option<Arc<AppLog>> {
+    for_app(HOST_LOG)
 }
 
 /// The path of `app`'s current log file in `dir`.
@@ -146,11 +162,13 @@ impl<S: Subscriber> Layer<S> for AppEvents {
         event.record(&mut fields);
         let Some(app) = fields.app.take() else { return };
         let Some(log) = for_app(&app) else { return };
+        // Values come from outside (paths, guest errors): escaped, so one
+        // event stays one line here as on stderr.
         let line = format!(
             "{} {}{}",
             event.metadata().level(),
-            fields.message,
-            fields.rest
+            log_format::escaped(&fields.message),
+            log_format::escaped(&fields.rest)
         );
         log.line(line.as_bytes());
     }
