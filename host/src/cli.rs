@@ -702,6 +702,8 @@ fn init_logging() {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter =
         EnvFilter::try_from_env("WASM_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Field values are escaped so one event is always one line (a file name
+    // with a newline must not forge a log line).
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -718,6 +720,7 @@ fn init_logging() {
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
+        .with(file)
         .with(logfile::AppEvents)
         .init();
 }
