@@ -4,9 +4,16 @@
 //!
 //! Lines from concurrent requests never interleave mid-line: each complete
 //! line is written with a single locked write.
+//!
+//! A guest may ask for a new stdout or stderr handle for every write (the
+//! WASI bindings hand out a fresh `output-stream` per `get-stderr` call),
+//! so the partial line belongs to the stream of one store, not to a handle:
+//! a handle that is dropped mid-line leaves its bytes for the next handle,
+//! and the line is written once its newline arrives, or when the store
+//! goes away.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,19 +25,39 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const MAX_PENDING: usize = 16 * 1024;
 
 /// A guest output stream (stdout or stderr) bound to one version.
-#[derive(Clone)]
+///
+/// Each clone is a separate stream with its own partial line: the host
+/// clones one per store and per stream (stdout, stderr), so concurrent
+/// requests and the two streams never share a half-written line.
 pub struct GuestLog {
-    prefix: Arc<str>,
-    file: Option<Arc<AppLog>>,
+    sink: Arc<Sink>,
 }
 
 impl GuestLog {
     /// Output prefixed with `[app#generation] `.
     pub fn new(app: &str, generation: u64) -> Self {
+        Self::fresh(
+            format!("[{app}#{generation}] ").into(),
+            logfile::for_app(app),
+        )
+    }
+
+    fn fresh(prefix: Arc<str>, file: Option<Arc<AppLog>>) -> Self {
         Self {
-            prefix: format!("[{app}#{generation}] ").into(),
-            file: logfile::for_app(app),
+            sink: Arc::new(Sink {
+                prefix,
+                file,
+                pending: Mutex::new(BytesMut::new()),
+            }),
         }
+    }
+}
+
+impl Clone for GuestLog {
+    /// Same app, generation and file, with an empty partial line (see the
+    /// type's doc: a clone is a new stream).
+    fn clone(&self) -> Self {
+        Self::fresh(self.sink.prefix.clone(), self.sink.file.clone())
     }
 }
 
@@ -42,10 +69,9 @@ impl IsTerminal for GuestLog {
 
 impl StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
+        // Every handle of this stream writes into the same partial line.
         Box::new(LineWriter {
-            prefix: self.prefix.clone(),
-            file: self.file.clone(),
-            pending: BytesMut::new(),
+            sink: self.sink.clone(),
         })
     }
 
@@ -55,14 +81,14 @@ impl StdoutStream for GuestLog {
     }
 }
 
-/// Splits guest output into lines and writes each with the prefix.
-struct LineWriter {
+/// One stream's prefix, file and partial line, shared by its handles.
+struct Sink {
     prefix: Arc<str>,
     file: Option<Arc<AppLog>>,
-    pending: BytesMut,
+    pending: Mutex<BytesMut>,
 }
 
-impl LineWriter {
+impl Sink {
     fn emit(&self, line: &[u8]) {
         let mut out = Vec::with_capacity(self.prefix.len() + line.len() + 1);
         out.extend_from_slice(self.prefix.as_bytes());
@@ -76,19 +102,43 @@ impl LineWriter {
             file.line(&out);
         }
     }
+
+    /// Adds `bytes` to the partial line and writes every line completed.
+    fn write(&self, bytes: &[u8]) {
+        // A panic while holding the lock cannot leave the buffer in a state
+        // worse than a lost line: keep using it.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(bytes);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line = pending.split_to(end + 1);
+            self.emit(&line);
+        }
+        if pending.len() > MAX_PENDING {
+            let line = pending.split();
+            self.emit(&line);
+        }
+    }
+}
+
+impl Drop for Sink {
+    /// The store is gone: what is left of a line is written as it is.
+    fn drop(&mut self) {
+        let pending = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            let line = pending.split();
+            self.emit(&line);
+        }
+    }
+}
+
+/// One handle the guest holds on a stream.
+struct LineWriter {
+    sink: Arc<Sink>,
 }
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.pending.extend_from_slice(&bytes);
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line = self.pending.split_to(end + 1);
-            self.emit(&line);
-        }
-        if self.pending.len() > MAX_PENDING {
-            let line = self.pending.split();
-            self.emit(&line);
-        }
+        self.sink.write(&bytes);
         Ok(())
     }
 
@@ -101,16 +151,33 @@ impl OutputStream for LineWriter {
     }
 }
 
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            let line = self.pending.split();
-            self.emit(&line);
-        }
-    }
-}
-
 #[wasmtime_wasi::async_trait]
 impl Pollable for LineWriter {
     async fn ready(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes the stream still holds back.
+    fn pending(log: &GuestLog) -> Vec<u8> {
+        log.sink.pending.lock().unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_line_written_through_fresh_handles_stays_whole() {
+        let log = GuestLog::new("unit", 1);
+        for piece in ["one ", "line ", "in pieces"] {
+            let mut handle = log.p2_stream();
+            handle.write(Bytes::from(piece)).unwrap();
+            drop(handle);
+        }
+        assert_eq!(pending(&log), b"one line in pieces");
+        let mut handle = log.p2_stream();
+        handle.write(Bytes::from_static(b"\nnext")).unwrap();
+        assert_eq!(pending(&log), b"next");
+        // A clone is another stream: it starts with no partial line.
+        assert!(pending(&log.clone()).is_empty());
+    }
 }

@@ -4,6 +4,8 @@
 //! - `/loop`: spins forever without yielding;
 //! - `/oom`: allocates until memory runs out;
 //! - `/log`: writes a line to stdout and one to stderr, then answers;
+//! - `/split-log`: writes one stderr line in three pieces, each through a
+//!   fresh stderr handle (as some WASI bindings do per write), then answers;
 //! - `/count`: answers how many requests this instance has served, which
 //!   shows whether the host reuses instances;
 //! - anything else: answers with the version.
@@ -36,6 +38,13 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         "/log" => {
             println!("faulty says hello on stdout");
             eprintln!("faulty says hello on stderr");
+        }
+        "/split-log" => {
+            for piece in ["faulty writes ", "one line ", "in three pieces\n"] {
+                let stderr = wasip2::cli::stderr::get_stderr();
+                // A lost log line must not fail the request.
+                let _ = stderr.blocking_write_and_flush(piece.as_bytes());
+            }
         }
         _ => {}
     }
