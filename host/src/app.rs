@@ -554,7 +554,8 @@ impl App {
             let started = tokio::time::Instant::now();
             let served_before = old.served();
             let mut forced = 0;
-            if !old.work().wait_idle(started + drain_timeout).await {
+            let deadline = crate::work::deadline_after(started, drain_timeout);
+            if !old.work().wait_idle(deadline).await {
                 forced = old.work().running();
                 tracing::warn!(app = %name, generation = old.generation(), forced, "drain deadline passed; ending remaining work");
                 old.force_end();
