@@ -156,7 +156,9 @@ impl Server {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(wasm_host::control::send(control, request))
+        // A reload under load may compile a large component for minutes.
+        let timeout = std::time::Duration::from_secs(600);
+        rt.block_on(wasm_host::control::send(control, request, timeout))
     }
 
     /// The process id.

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::StatusCode;
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -393,7 +392,11 @@ impl App {
 
     /// Serves one request on the version it is routed to, within the
     /// app's limits.
-    pub async fn handle(&self, req: hyper::Request<Incoming>) -> Response {
+    pub async fn handle<B>(&self, req: hyper::Request<B>) -> Response
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let started = Instant::now();
         let limits = self.admission.limits();
         if let Some(max) = limits.max_body
@@ -411,13 +414,14 @@ impl App {
             Err(why) => return request::plain(StatusCode::MISDIRECTED_REQUEST, why),
         };
         let response = match limits.max_body {
-            None => request::handle(version.clone(), guard, turn, req).await,
+            None => request::handle(version.clone(), guard, turn, req, limits.hangup_grace).await,
             Some(max) => {
                 // A body without a declared length is cut off where it
                 // passes the limit; the guest sees a body-size error.
                 let hit = Arc::new(AtomicBool::new(false));
                 let req = req.map(|body| Capped::new(body, max, hit.clone()));
-                let response = request::handle(version.clone(), guard, turn, req).await;
+                let response =
+                    request::handle(version.clone(), guard, turn, req, limits.hangup_grace).await;
                 if hit.load(Ordering::Relaxed) && response.status().is_server_error() {
                     self.metrics.rejected(Rejection::BodyTooLarge);
                     self.too_large(max)

@@ -15,6 +15,7 @@ use crate::config::{
     parse_size,
 };
 use crate::config_file::{self, Overrides};
+use crate::connection::ConnectionLimits;
 use crate::control::{self, ControlReply, ControlRequest, StatusReport};
 use crate::fleet::Applied;
 use crate::kv::StoreChoice;
@@ -82,7 +83,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "keyvalue", "shared_bucket", "config_var", "watch_tag"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -169,6 +170,27 @@ struct ServeArgs {
     /// Largest request body; a larger one gets 413 [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_body: Option<usize>,
+    /// How long the guest of a request whose client went away before the
+    /// answer may go on; then it is stopped and its turn freed. Work a
+    /// guest does after it has answered is never cut short this way.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    hangup_grace: Duration,
+    /// Client connections one listener keeps open at once; more are
+    /// answered 503 and closed at once.
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections, value_parser = parse_connections)]
+    max_connections: usize,
+    /// How long a connection may take to send a request head, from when it
+    /// opens or from its previous answer; then it is closed.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// How long a connection with no request in flight may stay open
+    /// without sending anything.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// How long a request body may take to arrive, plus one second for
+    /// every 64 KiB received; a body that falls behind gets 408.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
     /// Directory of the per-app log files (APP.log, rotated by size)
     /// [default: $XDG_STATE_HOME/wasm-host/logs, else ~/.local/state/wasm-host/logs].
     #[arg(long, value_name = "DIR")]
@@ -227,6 +249,15 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
         Ok(n @ 1..=900) => Ok(n),
         _ => Err(format!(
             "`{text}` is not a number from 1 to 900 (the instance pool has 1000 slots, shared with draining versions)"
+        )),
+    }
+}
+
+fn parse_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=1_000_000) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number from 1 to 1000000 (each connection takes an open file)"
         )),
     }
 }
@@ -448,6 +479,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                         max_queue: args.max_queue,
                         queue_timeout: args.queue_timeout,
                         max_body: args.max_body.map(|n| n as u64),
+                        hangup_grace: args.hangup_grace,
                     },
                     keyvalue: args.keyvalue,
                     data_dir: args.data_dir,
@@ -457,6 +489,13 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 (None, None) => anyhow::bail!(
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"
                 ),
+            };
+            let mut config = config;
+            config.connections = ConnectionLimits {
+                max_connections: args.max_connections,
+                header_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout,
+                body_timeout: args.body_timeout,
             };
             crate::serve::serve(config, overrides, inherited).await?;
             Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
+use crate::connection::ConnectionLimits;
 use crate::engine::EngineSettings;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
@@ -40,6 +41,8 @@ pub struct ServeConfig {
     pub file: Option<PathBuf>,
     /// Whether to apply `file` again whenever its contents change.
     pub watch_config: bool,
+    /// Bounds on every listener's connections.
+    pub connections: ConnectionLimits,
 }
 
 /// One app of a host and where it is reached.
@@ -209,6 +212,7 @@ impl ServeConfig {
             admin: input.admin,
             file: None,
             watch_config: false,
+            connections: ConnectionLimits::default(),
             engine: EngineSettings {
                 max_memory: input.max_memory,
                 cache_dir: (!input.no_cache)

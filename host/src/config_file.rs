@@ -87,6 +87,7 @@ struct AppSpec {
     drain_timeout: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
     queue_timeout: Option<Spanned<String>>,
+    hangup_grace: Option<Spanned<String>>,
     max_concurrency: Option<Spanned<u64>>,
     max_queue: Option<usize>,
     max_body: Option<Spanned<String>>,
@@ -220,6 +221,7 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
         },
         file: Some(file.to_path_buf()),
         watch_config: spec.watch_config.unwrap_or(true),
+        connections: crate::connection::ConnectionLimits::default(),
     })
 }
 
@@ -333,6 +335,7 @@ fn app_config(
     let ready_timeout = duration(problems, &app.ready_timeout, Duration::from_secs(10));
     let defaults = Limits::default();
     let queue_timeout = duration(problems, &app.queue_timeout, defaults.queue_timeout);
+    let hangup_grace = duration(problems, &app.hangup_grace, defaults.hangup_grace);
     let max_memory = match &app.max_memory {
         Some(text) => problems.check(text, |s| parse_size(s)).map(Some),
         None => Some(None),
@@ -399,6 +402,7 @@ fn app_config(
                 max_queue: app.max_queue.unwrap_or(defaults.max_queue),
                 queue_timeout: queue_timeout?,
                 max_body: max_body?,
+                hangup_grace: hangup_grace?,
             },
         },
         listen,

@@ -136,9 +136,7 @@ fn judge(bytes: &[u8]) -> Option<Opening> {
     if target.iter().any(|&b| b.is_ascii_control()) {
         return Some(not_http_or_bare_lf(target));
     }
-    let Some(rest) = parts.next() else {
-        return None;
-    };
+    let rest = parts.next()?;
     const VERSION: &[u8] = b"HTTP/1.";
     let head = &rest[..rest.len().min(VERSION.len())];
     if head != &VERSION[..head.len()] {

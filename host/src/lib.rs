@@ -17,6 +17,7 @@ pub mod component_file;
 pub mod config;
 pub mod config_file;
 pub mod config_watch;
+pub mod connection;
 pub mod control;
 pub mod cpu;
 pub mod engine;

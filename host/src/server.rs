@@ -242,7 +242,7 @@ pub fn raise_open_file_limit(wanted: usize) {
     }
     if (limit.rlim_cur as u128) < wanted as u128 + 64 {
         tracing::warn!(
-            open_files = limit.rlim_cur as u64,
+            open_files = limit.rlim_cur,
             max_connections = wanted,
             "the open-file limit is below --max-connections; raise it (LimitNOFILE= under systemd, ulimit -n) or lower --max-connections"
         );

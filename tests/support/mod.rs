@@ -282,6 +282,11 @@ impl Host {
         serde_json::from_str(&out).expect("status --json prints JSON")
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits (at most 5 s) until the first app's live version has `n`
     /// requests in flight, so a test knows its slow request is being worked
     /// on rather than still waiting to be read.
