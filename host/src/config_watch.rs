@@ -18,7 +18,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::ConfigAsk;
+use crate::fleet::ConfigAsk;
 use crate::version::Digest;
 use crate::watch;
 

@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, ReloadOutcome};
 use crate::apps::Apps;
 use crate::fleet::Applied;
+use crate::fleet::ConfigAsk;
 use crate::metrics::{self, Refused};
 use crate::oci::{Puller, Reference};
 use crate::pull;
 use crate::rollout::CanaryPlan;
-use crate::serve::ConfigAsk;
 
 /// Longest request line the host reads. A request is a command, an app
 /// name and a path: a few hundred bytes; the cap keeps a client from

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,6 +61,16 @@ struct Listening {
     table: Arc<ArcSwap<RouteTable>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+}
+
+/// An ask to apply the config file again (or another file), with the
+/// channel its outcome goes back on: sent by the control socket and the
+/// config watch, carried out on the fleet.
+pub struct ConfigAsk {
+    /// The file to read; `None` for the one the host was started with.
+    pub path: Option<PathBuf>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Applied, String>>,
 }
 
 /// The running apps and listeners of a host.

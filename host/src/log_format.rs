@@ -6,7 +6,7 @@
 //! messages, request data — and a newline or a terminal escape in one of
 //! them would otherwise start a forged line (`…\n2025-… INFO version
 //! live`) or rewrite the operator's terminal. [`EscapedFields`] formats
-//! every field, the message included, through [`escape_controls`], so
+//! every field, the message included, through [`escape_controls`](logfile::escape_controls), so
 //! control characters arrive as visible escapes (`\n`, `\x1b`). Time, level
 //! and target are written by the formatter itself and never escaped.
 
@@ -18,42 +18,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{DefaultFields, FormatFields, Writer};
 
-use crate::logfile::{self, AppLog};
-
-/// Writes `text` to `out` with every control character (C0, DEL, C1) and
-/// the Unicode line and paragraph separators escaped; tabs are kept, as
-/// they do not break a line.
-pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
-    let mut clean = 0;
-    for (at, c) in text.char_indices() {
-        let escaped = match c {
-            '\t' => continue,
-            '\n' => "\\n",
-            '\r' => "\\r",
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => "",
-            _ => continue,
-        };
-        out.write_str(&text[clean..at])?;
-        if escaped.is_empty() {
-            match c as u32 {
-                n @ 0..=0x7f => write!(out, "\\x{n:02x}")?,
-                n => write!(out, "\\u{{{n:x}}}")?,
-            }
-        } else {
-            out.write_str(escaped)?;
-        }
-        clean = at + c.len_utf8();
-    }
-    out.write_str(&text[clean..])
-}
-
-/// `text` with control characters escaped, as [`escape_controls`] does.
-pub fn escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    // Writing to a String cannot fail.
-    let _ = escape_controls(text, &mut out);
-    out
-}
+use crate::logfile::{self, AppLog, escape_controls};
 
 /// tracing-subscriber's default field format, with every control
 /// character in names and values escaped.
@@ -142,6 +107,7 @@ impl Drop for HostLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logfile::escaped;
 
     #[test]
     fn controls_are_escaped_and_the_rest_kept() {

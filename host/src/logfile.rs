@@ -11,7 +11,7 @@
 //! request: a full disk costs log lines, not traffic.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,6 @@ use std::time::SystemTime;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
-
-use crate::log_format;
 
 /// How the files are kept.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,8 +165,8 @@ impl<S: Subscriber> Layer<S> for AppEvents {
         let line = format!(
             "{} {}{}",
             event.metadata().level(),
-            log_format::escaped(&fields.message),
-            log_format::escaped(&fields.rest)
+            escaped(&fields.message),
+            escaped(&fields.rest)
         );
         log.line(line.as_bytes());
     }
@@ -201,6 +199,41 @@ impl Visit for Fields {
             }
         }
     }
+}
+
+/// Writes `text` to `out` with every control character (C0, DEL, C1) and
+/// the Unicode line and paragraph separators escaped; tabs are kept, as
+/// they do not break a line.
+pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
+    let mut clean = 0;
+    for (at, c) in text.char_indices() {
+        let escaped = match c {
+            '\t' => continue,
+            '\n' => "\\n",
+            '\r' => "\\r",
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => "",
+            _ => continue,
+        };
+        out.write_str(&text[clean..at])?;
+        if escaped.is_empty() {
+            match c as u32 {
+                n @ 0..=0x7f => write!(out, "\\x{n:02x}")?,
+                n => write!(out, "\\u{{{n:x}}}")?,
+            }
+        } else {
+            out.write_str(escaped)?;
+        }
+        clean = at + c.len_utf8();
+    }
+    out.write_str(&text[clean..])
+}
+
+/// `text` with control characters escaped, as [`escape_controls`] does.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // Writing to a String cannot fail.
+    let _ = escape_controls(text, &mut out);
+    out
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::Inherited;
@@ -20,18 +20,9 @@ use crate::config::{ServeConfig, default_cache_dir};
 use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
 use crate::engine::Runtime;
-use crate::fleet::{Applied, Fleet};
+use crate::fleet::{Applied, ConfigAsk, Fleet};
 use crate::oci::Puller;
 use crate::{admin, config_watch, signals};
-
-/// An ask to apply the config file again (or another file), with the
-/// channel its outcome goes back on.
-pub struct ConfigAsk {
-    /// The file to read; `None` for the one the host was started with.
-    pub path: Option<PathBuf>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Applied, String>>,
-}
 
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
 /// `overrides` are the command-line host settings that win over a config
