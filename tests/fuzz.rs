@@ -270,9 +270,9 @@ fn config_file_parser_never_panics_and_explains_refusals() {
                 prop_assert!(!config.apps.is_empty(), "accepted with no app:\n{text}");
                 for app in &config.apps {
                     // Accepted durations are within the documented bound.
-                    prop_assert!(app.settings.drain_timeout <= wasm_host::config::MAX_DURATION);
+                    prop_assert!(app.settings.drain_timeout <= wasm_host::limits::MAX_DURATION);
                     prop_assert!(
-                        app.settings.limits.queue_timeout <= wasm_host::config::MAX_DURATION
+                        app.settings.limits.queue_timeout <= wasm_host::limits::MAX_DURATION
                     );
                 }
                 accepted.set(accepted.get() + 1);

@@ -16,8 +16,7 @@ use crate::config::{
 };
 use crate::config_file::{self, Overrides};
 use crate::connection::ConnectionLimits;
-use crate::control::{self, ControlReply, ControlRequest, StatusReport};
-use crate::fleet::Applied;
+use crate::control::{self, Applied, ControlReply, ControlRequest, StatusReport};
 use crate::kv::StoreChoice;
 use crate::limits::Limits;
 use crate::log_format::{EscapedFields, HostFile};
@@ -298,7 +297,7 @@ impl ControlArgs {
     fn socket(&self) -> PathBuf {
         self.control
             .clone()
-            .unwrap_or_else(config::default_control_path)
+            .unwrap_or_else(control::default_control_path)
     }
 
     /// Sends `request` to the host, waiting at most `--timeout`, else

@@ -10,8 +10,9 @@
 //! memory, checks it against that digest, and deserializes only the bytes
 //! it checked; a missing or wrong digest is logged with the file's name,
 //! both files are removed, and the caller compiles again and stores fresh
-//! ones. Reading and hashing cost a few milliseconds per 10 MB, far less
-//! than a compile.
+//! ones. Reading and hashing cost about 1 ms per MB of code (SHA-256 runs
+//! at about 1 GB/s with the CPU's SHA instructions), far less than a
+//! compile, and a file is read only when a version is not linked in memory.
 //!
 //! The folder is named for the engine's compatibility hash (wasmtime
 //! version and every setting that changes code), so code is only ever
@@ -27,7 +28,7 @@ use anyhow::Context;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::version::Digest;
+use crate::digest::Digest;
 
 /// Bytes of code kept for one engine before the least recently used files
 /// are removed.

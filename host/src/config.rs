@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
 use crate::connection::ConnectionLimits;
+use crate::control::default_control_path;
 use crate::engine::EngineSettings;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;
@@ -260,27 +261,6 @@ pub(crate) fn check_component_file(path: &Path) -> Result<()> {
     }
 }
 
-/// The control socket used when `--control` is not given:
-/// `$XDG_RUNTIME_DIR/wasm-host.sock`, else `control.sock` in
-/// [`private_control_dir`].
-pub fn default_control_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
-        return Path::new(&dir).join("wasm-host.sock");
-    }
-    private_control_dir().join("control.sock")
-}
-
-/// `$TMPDIR/wasm-host-$UID` (`/tmp/wasm-host-$UID` without `TMPDIR`): the
-/// directory of the default control socket when there is no
-/// `XDG_RUNTIME_DIR`. In a shared `/tmp` a socket file could be created
-/// first by another user; a directory of our own, mode 0700, cannot (the
-/// host refuses one that another user owns or that others may enter).
-pub fn private_control_dir() -> PathBuf {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("wasm-host-{uid}"))
-}
-
 /// The on-disk compilation cache used when `--cache-dir` is not given:
 /// `$XDG_CACHE_HOME/wasm-host`, else `$HOME/.cache/wasm-host`, else
 /// `/tmp/wasm-host-cache-$UID`.
@@ -311,33 +291,14 @@ pub fn default_log_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/wasm-host-logs-{uid}"))
 }
 
-/// The longest duration any setting takes (a day). Timeouts and polling
-/// periods longer than that are typing mistakes, and an unbounded one
-/// overflows the clock arithmetic of deadlines (a drain deadline of
-/// `u64::MAX` seconds cannot be represented).
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-/// [`MAX_DURATION`] as the flags would write it.
-const MAX_DURATION_TEXT: &str = "24h";
-
 /// Parses a duration such as `30s`, `500ms` or `2m`, at most
-/// [`MAX_DURATION`]. Every duration flag and config-file value goes through
+/// [`MAX_DURATION`](crate::limits::MAX_DURATION). Every duration flag and config-file value goes through
 /// here, so they share one bound and one wording.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms or 2m"))?;
-    check_duration_bound(value).map_err(|e| format!("`{text}` {e}"))?;
+    crate::limits::check_duration_bound(value).map_err(|e| format!("`{text}` {e}"))?;
     Ok(value)
-}
-
-/// Refuses a duration above [`MAX_DURATION`], for values that arrive
-/// already parsed (the control protocol).
-pub fn check_duration_bound(value: Duration) -> Result<(), String> {
-    if value > MAX_DURATION {
-        return Err(format!(
-            "is longer than {MAX_DURATION_TEXT}, the longest duration wasm-host accepts"
-        ));
-    }
-    Ok(())
 }
 
 /// Parses a byte size such as `512MiB`, `64m`, `1G` or `1048576`.
@@ -426,7 +387,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
-        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("24h"), Ok(crate::limits::MAX_DURATION));
         let absurd = parse_duration("18446744073709551615s").unwrap_err();
         assert!(absurd.contains("longer than 24h"), "{absurd}");
         assert!(parse_duration("25h").is_err());

@@ -19,9 +19,9 @@ use toml::Spanned;
 use crate::app::AppSettings;
 use crate::config::{
     AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, check_component_file,
-    check_watch_tag, default_cache_dir, default_control_path, parse_duration, parse_host_port,
-    parse_size,
+    check_watch_tag, default_cache_dir, parse_duration, parse_host_port, parse_size,
 };
+use crate::control::default_control_path;
 use crate::engine::EngineSettings;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::limits::Limits;

@@ -18,8 +18,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::ConfigAsk;
-use crate::version::Digest;
+use crate::control::ConfigAsk;
+use crate::digest::Digest;
 use crate::watch;
 
 /// Quiet time after the last event before the file is read: kubelet's swap

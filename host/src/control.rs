@@ -20,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, ReloadOutcome};
 use crate::apps::Apps;
-use crate::fleet::Applied;
-use crate::fleet::ConfigAsk;
 use crate::metrics::{self, Refused};
 use crate::oci::{Puller, Reference};
 use crate::pull;
@@ -141,6 +139,54 @@ pub enum ControlRequest {
     },
 }
 
+/// What applying a config did, app by app.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Apps that were added and started.
+    pub started: Vec<String>,
+    /// Apps removed from the config, now draining away.
+    pub stopped: Vec<String>,
+    /// Apps whose component changed, reloaded.
+    pub reloaded: Vec<String>,
+    /// Apps whose settings changed, started again with them.
+    pub restarted: Vec<String>,
+    /// Apps left as they were.
+    pub unchanged: Vec<String>,
+    /// Apps whose reload was refused (`app: why`); they keep serving.
+    pub refused: Vec<String>,
+}
+
+/// An ask to apply the config file again (or another file), with the
+/// channel its outcome goes back on: sent by the control socket and the
+/// config watch, carried out on the fleet.
+pub struct ConfigAsk {
+    /// The file to read; `None` for the one the host was started with.
+    pub path: Option<PathBuf>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Applied, String>>,
+}
+
+/// The control socket used when `--control` is not given:
+/// `$XDG_RUNTIME_DIR/wasm-host.sock`, else `control.sock` in
+/// [`private_control_dir`].
+pub fn default_control_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
+        return Path::new(&dir).join("wasm-host.sock");
+    }
+    private_control_dir().join("control.sock")
+}
+
+/// `$TMPDIR/wasm-host-$UID` (`/tmp/wasm-host-$UID` without `TMPDIR`): the
+/// directory of the default control socket when there is no
+/// `XDG_RUNTIME_DIR`. In a shared `/tmp` a socket file could be created
+/// first by another user; a directory of our own, mode 0700, cannot (the
+/// host refuses one that another user owns or that others may enter).
+pub fn private_control_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("wasm-host-{uid}"))
+}
+
 /// The host's reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
@@ -253,7 +299,7 @@ impl ControlSocket {
         // The directory first: a socket in a directory another user
         // controls is theirs to replace.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if dir == crate::config::private_control_dir() {
+            if dir == private_control_dir() {
                 ensure_private_dir(dir)?;
             } else {
                 std::fs::DirBuilder::new()

@@ -1,5 +1,5 @@
 //! The one wasmtime [`Engine`] of the process and the [`Linker`] every
-//! version is linked with, plus the per-store state ([`HostState`]).
+//! version is linked with (over the per-store [`HostState`]).
 //!
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
@@ -10,23 +10,18 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
-    StoreLimits, StoreLimitsBuilder, Strategy,
+    Strategy,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::code_cache::CodeCache;
 use crate::cpu::{self, Urgency};
-use crate::kv::Keyvalue;
-use crate::kv::guest::KvView;
+use crate::digest::Digest;
 use crate::metrics::PoolView;
-use crate::outgoing::OutgoingPolicy;
-use crate::version::Digest;
+use crate::state::HostState;
 
 /// How often the engine's epoch advances. Every running guest yields to the
 /// async executor at each tick, which is what lets a timeout or a forced
@@ -277,16 +272,12 @@ impl Tier {
         crate::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
-        crate::kv::guest::add_to_linker(&mut linker, |state: &mut HostState| {
-            KvView::new(&state.services.keyvalue, &mut state.table)
-        })
-        .map_err(anyhow::Error::from)
-        .context("failed to link wasi:keyvalue")?;
-        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut HostState| {
-            WasiConfig::new(&state.services.config)
-        })
-        .map_err(anyhow::Error::from)
-        .context("failed to link wasi:config")?;
+        crate::kv::guest::add_to_linker(&mut linker, |state: &mut HostState| state.keyvalue())
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasi:keyvalue")?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut HostState| state.config())
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasi:config")?;
 
         start_epoch_ticker(&engine);
         Ok(Self {
@@ -368,92 +359,6 @@ fn start_epoch_ticker(engine: &Engine) {
         // Without the ticker no deadline fires; say so loudly but keep
         // serving, since requests still complete normally.
         tracing::error!(error = %e, "could not start the epoch ticker; request timeouts will not fire");
-    }
-}
-
-/// What every store of one app version reaches beyond WASI: the app's name,
-/// its key-value state (shared by all its versions) and its `wasi:config`
-/// values. Made once per version; a store takes a reference count.
-pub struct AppServices {
-    /// The app's name.
-    pub app: Arc<str>,
-    /// The app's buckets.
-    pub keyvalue: Arc<Keyvalue>,
-    /// The values `wasi:config/store` answers with.
-    pub config: WasiConfigVariables,
-}
-
-/// The data of one store: one request's (or one readiness check's) view of
-/// WASI, wasi:http and the app's services.
-pub struct HostState {
-    table: ResourceTable,
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    outgoing: OutgoingPolicy,
-    generation: u64,
-    services: Arc<AppServices>,
-    limits: StoreLimits,
-}
-
-impl HostState {
-    /// Caps each linear memory of this store at `bytes`; the store applies
-    /// it once its limiter points at [`HostState::limits`].
-    pub fn limit_memory(&mut self, bytes: usize) {
-        self.limits = StoreLimitsBuilder::new().memory_size(bytes).build();
-    }
-
-    /// The store's resource limits.
-    pub fn limits(&mut self) -> &mut StoreLimits {
-        &mut self.limits
-    }
-
-    /// State for a store of generation `generation` of an app, whose WASI
-    /// context grants what `wasi` grants, whose outgoing HTTP requests are
-    /// checked against `outgoing`, and that reaches the app's `services`.
-    pub fn new(
-        wasi: WasiCtx,
-        outgoing: OutgoingPolicy,
-        generation: u64,
-        services: Arc<AppServices>,
-    ) -> Self {
-        Self {
-            table: ResourceTable::new(),
-            wasi,
-            http: WasiHttpCtx::new(),
-            outgoing,
-            generation,
-            services,
-            limits: StoreLimits::default(),
-        }
-    }
-
-    /// The generation of the version this store runs.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The name of the app this store runs.
-    pub fn app_name(&self) -> &str {
-        &self.services.app
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.outgoing,
-        }
     }
 }
 

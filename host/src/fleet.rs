@@ -9,15 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,28 +24,12 @@ use crate::app::App;
 use crate::apps::Apps;
 use crate::config::AppConfig;
 use crate::connection::ConnectionLimits;
+use crate::control::Applied;
 use crate::engine::Runtime;
 use crate::kv::Stores;
 use crate::oci::{Puller, Reference};
 use crate::routes::RouteTable;
 use crate::{pull, server, source, watch};
-
-/// What applying a config did, app by app.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// Apps that were added and started.
-    pub started: Vec<String>,
-    /// Apps removed from the config, now draining away.
-    pub stopped: Vec<String>,
-    /// Apps whose component changed, reloaded.
-    pub reloaded: Vec<String>,
-    /// Apps whose settings changed, started again with them.
-    pub restarted: Vec<String>,
-    /// Apps left as they were.
-    pub unchanged: Vec<String>,
-    /// Apps whose reload was refused (`app: why`); they keep serving.
-    pub refused: Vec<String>,
-}
 
 struct Running {
     app: Arc<App>,
@@ -61,16 +42,6 @@ struct Listening {
     table: Arc<ArcSwap<RouteTable>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
-}
-
-/// An ask to apply the config file again (or another file), with the
-/// channel its outcome goes back on: sent by the control socket and the
-/// config watch, carried out on the fleet.
-pub struct ConfigAsk {
-    /// The file to read; `None` for the one the host was started with.
-    pub path: Option<PathBuf>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Applied, String>>,
 }
 
 /// The running apps and listeners of a host.

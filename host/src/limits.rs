@@ -16,6 +16,25 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The longest duration any setting takes (a day). Timeouts and polling
+/// periods longer than that are typing mistakes, and an unbounded one
+/// overflows the clock arithmetic of deadlines (a drain deadline of
+/// `u64::MAX` seconds cannot be represented).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// [`MAX_DURATION`] as the flags would write it.
+const MAX_DURATION_TEXT: &str = "24h";
+
+/// Refuses a duration above [`MAX_DURATION`], for values that arrive
+/// already parsed (the control protocol).
+pub fn check_duration_bound(value: Duration) -> Result<(), String> {
+    if value > MAX_DURATION {
+        return Err(format!(
+            "is longer than {MAX_DURATION_TEXT}, the longest duration wasm-host accepts"
+        ));
+    }
+    Ok(())
+}
+
 /// The limits of one app.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {

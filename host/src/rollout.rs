@@ -77,7 +77,7 @@ impl CanaryPlan {
                 return Err("--abort-window must be greater than zero".into());
             }
             // The CLI bounds the flag; a control client may send any value.
-            crate::config::check_duration_bound(rule.window)
+            crate::limits::check_duration_bound(rule.window)
                 .map_err(|e| format!("--abort-window {e}"))?;
         }
         Ok(())

@@ -19,8 +19,9 @@ use crate::activation::Inherited;
 use crate::config::{ServeConfig, default_cache_dir};
 use crate::config_file::{self, Overrides};
 use crate::control::ControlSocket;
+use crate::control::{Applied, ConfigAsk};
 use crate::engine::Runtime;
-use crate::fleet::{Applied, ConfigAsk, Fleet};
+use crate::fleet::Fleet;
 use crate::oci::Puller;
 use crate::{admin, config_watch, signals};
 

@@ -6,24 +6,24 @@
 //! it links, and it instantiates within the ready timeout. A version never
 //! reaches back into its app: the app decides when it goes live or drains.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::engine::{AppServices, HostState, Runtime, Tier};
+use crate::digest::Digest;
+use crate::engine::{Runtime, Tier};
 use crate::guest_log::GuestLog;
 use crate::kv::Keyvalue;
 use crate::lifecycle;
 use crate::metrics::VersionCounters;
 use crate::outgoing::OutgoingPolicy;
+use crate::state::{AppServices, HostState};
 use crate::work::WorkCounter;
 
 /// Idle instances one version keeps for reuse, at most. Each holds a slot
@@ -32,34 +32,6 @@ const MAX_IDLE_INSTANCES: usize = 16;
 
 /// The name prefix of the export every app must have.
 const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
-
-/// The content digest of a component: SHA-256 of its bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest([u8; 32]);
-
-impl Digest {
-    /// Digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-
-    /// The first 12 hex digits, enough to tell versions apart in logs.
-    pub fn short(&self) -> String {
-        self.to_string()[..12].to_string()
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{self}")
-    }
-}
 
 /// Why a candidate version was refused. Every variant says what was wrong
 /// and, where it can, what to do about it.

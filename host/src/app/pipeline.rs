@@ -15,10 +15,11 @@ use tokio::sync::mpsc;
 
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
 use crate::component_file;
+use crate::digest::Digest;
 use crate::engine::Runtime;
 use crate::kv::Keyvalue;
 use crate::rollout::{Canary, CanaryPlan, ErrorWindow};
-use crate::version::{Digest, State, Version};
+use crate::version::{State, Version};
 
 /// How often a canary's counters are sampled for its automatic abort.
 const ABORT_CHECK_EVERY: Duration = Duration::from_millis(100);
