@@ -55,6 +55,10 @@ async fn memory_of_guests_that_run_out_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    eprintln!(
+        "resident memory grew {} MiB over {requests} requests that ran out of memory",
+        grown / MIB
+    );
     assert!(
         grown < bound,
         "{requests} requests that ran out of {} MiB left {} MiB resident (bound {} MiB)",
