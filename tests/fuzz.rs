@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use wasm_host::config_file::{Overrides, parse};
-use wasm_host::control::{ControlRequest, parse_request};
+use wasm_host::config::file::{Overrides, parse};
+use wasm_host::control::socket::{ControlRequest, parse_request};
 
 /// Real config files, as the README and the tests write them.
 const CONFIG_SEEDS: &[&str] = &[
@@ -270,9 +270,11 @@ fn config_file_parser_never_panics_and_explains_refusals() {
                 prop_assert!(!config.apps.is_empty(), "accepted with no app:\n{text}");
                 for app in &config.apps {
                     // Accepted durations are within the documented bound.
-                    prop_assert!(app.settings.drain_timeout <= wasm_host::limits::MAX_DURATION);
                     prop_assert!(
-                        app.settings.limits.queue_timeout <= wasm_host::limits::MAX_DURATION
+                        app.settings.drain_timeout <= wasm_host::app::limits::MAX_DURATION
+                    );
+                    prop_assert!(
+                        app.settings.limits.queue_timeout <= wasm_host::app::limits::MAX_DURATION
                     );
                 }
                 accepted.set(accepted.get() + 1);

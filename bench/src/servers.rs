@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use wasm_host::app::ReloadOutcome;
-use wasm_host::control::{AppStatus, ControlReply, ControlRequest};
+use wasm_host::control::socket::{AppStatus, ControlReply, ControlRequest};
 
 /// The flags that took `wasmtime serve` from ~7.9k to ~19.5k req/s here.
 pub const WASMTIME_TUNED: &[&str] = &[
@@ -158,7 +158,7 @@ impl Server {
             .build()?;
         // A reload under load may compile a large component for minutes.
         let timeout = std::time::Duration::from_secs(600);
-        rt.block_on(wasm_host::control::send(control, request, timeout))
+        rt.block_on(wasm_host::control::socket::send(control, request, timeout))
     }
 
     /// The process id.

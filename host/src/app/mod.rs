@@ -6,7 +6,9 @@
 //! on a worker task. The app never parses command lines and never knows
 //! which trigger asked for a change.
 
+pub mod limits;
 mod pipeline;
+pub mod rollout;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,14 +22,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::engine::Runtime;
+use self::limits::{Admission, Capped, Limits, Refusal};
+use self::rollout::{Canary, CanaryPlan};
 use crate::kv::{Keyvalue, KvSettings};
-use crate::limits::{self, Admission, Capped, Limits, Refusal};
-use crate::metrics::{AppMetrics, Rejection};
-use crate::request::{self, Response};
-use crate::rollout::{self, Canary, CanaryPlan};
-use crate::version::{LoadError, State, Version, VersionSettings};
-use crate::work::WorkGuard;
+use crate::ops::metrics::{AppMetrics, Rejection};
+use crate::runtime::engine::Runtime;
+use crate::runtime::request::{self, Response};
+use crate::runtime::version::{LoadError, State, Version, VersionSettings};
+use crate::runtime::work::WorkGuard;
 
 /// Settings of one app, validated by the caller.
 #[derive(Clone, Debug, PartialEq)]
@@ -558,7 +560,7 @@ impl App {
             let started = tokio::time::Instant::now();
             let served_before = old.served();
             let mut forced = 0;
-            let deadline = crate::work::deadline_after(started, drain_timeout);
+            let deadline = crate::runtime::work::deadline_after(started, drain_timeout);
             if !old.work().wait_idle(deadline).await {
                 forced = old.work().running();
                 tracing::warn!(app = %name, generation = old.generation(), forced, "drain deadline passed; ending remaining work");

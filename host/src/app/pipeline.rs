@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
-use crate::component_file;
-use crate::digest::Digest;
-use crate::engine::Runtime;
+use crate::app::rollout::{Canary, CanaryPlan, ErrorWindow};
 use crate::kv::Keyvalue;
-use crate::rollout::{Canary, CanaryPlan, ErrorWindow};
-use crate::version::{State, Version};
+use crate::runtime::component_file;
+use crate::runtime::digest::Digest;
+use crate::runtime::engine::Runtime;
+use crate::runtime::version::{State, Version};
 
 /// How often a canary's counters are sampled for its automatic abort.
 const ABORT_CHECK_EVERY: Duration = Duration::from_millis(100);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 
-use crate::version::Version;
+use crate::runtime::version::Version;
 
 /// A request with this header (a generation number) goes to that
 /// generation, if it is live or the canary: smoke tests of a canary at 0%.
@@ -77,7 +77,7 @@ impl CanaryPlan {
                 return Err("--abort-window must be greater than zero".into());
             }
             // The CLI bounds the flag; a control client may send any value.
-            crate::limits::check_duration_bound(rule.window)
+            crate::app::limits::check_duration_bound(rule.window)
                 .map_err(|e| format!("--abort-window {e}"))?;
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! The command line: parses arguments and calls the library. No logic of
 //! its own beyond printing results and choosing exit codes.
 
+pub mod serve;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,20 +11,20 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::activation::Inherited;
+use crate::app::limits::Limits;
+use crate::app::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
+use crate::config::file::Overrides;
 use crate::config::{
     self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_env, parse_host_port,
     parse_size,
 };
-use crate::config_file::{self, Overrides};
-use crate::connection::ConnectionLimits;
-use crate::control::{self, Applied, ControlReply, ControlRequest, StatusReport};
+use crate::control::socket::{self, Applied, ControlReply, ControlRequest, StatusReport};
+use crate::hosting::activation::Inherited;
+use crate::hosting::connection::ConnectionLimits;
 use crate::kv::StoreChoice;
-use crate::limits::Limits;
-use crate::log_format::{EscapedFields, HostFile};
-use crate::logfile::{self, LogSettings};
 use crate::oci::Reference;
-use crate::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
+use crate::ops::log_format::{EscapedFields, HostFile};
+use crate::ops::logfile::{self, LogSettings};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
 /// zero downtime.
@@ -297,13 +299,13 @@ impl ControlArgs {
     fn socket(&self) -> PathBuf {
         self.control
             .clone()
-            .unwrap_or_else(control::default_control_path)
+            .unwrap_or_else(socket::default_control_path)
     }
 
     /// Sends `request` to the host, waiting at most `--timeout`, else
     /// `default`.
     async fn send(&self, request: &ControlRequest, default: Duration) -> Result<ControlReply> {
-        control::send(&self.socket(), request, self.timeout.unwrap_or(default)).await
+        socket::send(&self.socket(), request, self.timeout.unwrap_or(default)).await
     }
 }
 
@@ -434,7 +436,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            crate::component_file::set_max_size(args.max_component_size as u64);
+            crate::runtime::component_file::set_max_size(args.max_component_size as u64);
             let logs = LogSettings {
                 dir: args.log_dir.clone().unwrap_or_else(config::default_log_dir),
                 max_bytes: args.log_max_size as u64,
@@ -454,7 +456,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 data_dir: args.data_dir.clone(),
             };
             let config = match (&args.config, args.component) {
-                (Some(file), _) => config_file::load(file, &overrides)?,
+                (Some(file), _) => config::file::load(file, &overrides)?,
                 (None, Some(component)) => ServeConfig::new(ServeInput {
                     component,
                     watch_tag: args.watch_tag,
@@ -496,7 +498,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 idle_timeout: args.idle_timeout,
                 body_timeout: args.body_timeout,
             };
-            crate::serve::serve(config, overrides, inherited).await?;
+            crate::cli::serve::serve(config, overrides, inherited).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload(ReloadArgs {
@@ -561,7 +563,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 .iter()
                 .map(|a| (a.app.clone(), logfile::path_in(&dir, &a.app)))
                 .collect();
-            crate::tail::run(files, args.lines, args.follow).await?;
+            crate::ops::tail::run(files, args.lines, args.follow).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {

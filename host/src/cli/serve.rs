@@ -1,7 +1,7 @@
 //! `wasm-host serve`: puts the parts together (listeners, apps, triggers,
 //! control socket, admin listener) and runs until a shutdown signal, then
 //! drains and returns. A config reload asked over the control socket is
-//! carried out here, by the fleet.
+//! carried out here, by the supervisor.
 //!
 //! Order matters: the control socket and every listener are taken first, so
 //! a busy port or a second host fails before any compile; every app's first
@@ -15,15 +15,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::Inherited;
+use crate::config::file::{self, Overrides};
 use crate::config::{ServeConfig, default_cache_dir};
-use crate::config_file::{self, Overrides};
-use crate::control::ControlSocket;
-use crate::control::{Applied, ConfigAsk};
-use crate::engine::Runtime;
-use crate::fleet::Fleet;
+use crate::control::socket::ControlSocket;
+use crate::control::socket::{Applied, ConfigAsk};
+use crate::hosting::activation::Inherited;
 use crate::oci::Puller;
-use crate::{admin, config_watch, signals};
+use crate::runtime::engine::Runtime;
+use crate::supervisor::Supervisor;
+use crate::{control::admin, control::config_watch, control::signals};
 
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
 /// `overrides` are the command-line host settings that win over a config
@@ -34,9 +34,9 @@ pub async fn serve(
     overrides: Overrides,
     mut inherited: Inherited,
 ) -> Result<()> {
-    crate::server::raise_open_file_limit(config.connections.max_connections);
+    crate::hosting::listener::raise_open_file_limit(config.connections.max_connections);
     let control = ControlSocket::bind(&config.control)?;
-    let bound = Fleet::bind(&config.apps, &[], &mut inherited).await?;
+    let bound = Supervisor::bind(&config.apps, &[], &mut inherited).await?;
     for addr in inherited.unused() {
         tracing::warn!(%addr, "a passed socket matches no app's listen address; it stays unused");
     }
@@ -59,15 +59,15 @@ pub async fn serve(
         .unwrap_or_else(default_cache_dir)
         .join("oci");
     let puller = Arc::new(Puller::new(pulls));
-    let mut fleet = Fleet::new(
+    let mut supervisor = Supervisor::new(
         runtime.clone(),
         control_plane.handle().clone(),
         shutdown.clone(),
         puller.clone(),
         config.connections.clone(),
     );
-    fleet.apply(config.apps.clone(), bound).await?;
-    let apps = fleet.table();
+    supervisor.apply(config.apps.clone(), bound).await?;
+    let apps = supervisor.table();
 
     signals::spawn(apps.clone(), shutdown.clone())?;
     let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
@@ -102,7 +102,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             Some(ask) = config_asks.recv() => {
                 let path = ask.path.or_else(|| file.clone());
-                let outcome = reapply(&mut fleet, path.clone(), &overrides, &mut inherited).await;
+                let outcome = reapply(&mut supervisor, path.clone(), &overrides, &mut inherited).await;
                 if outcome.is_ok() {
                     file = path;
                 }
@@ -110,7 +110,7 @@ pub async fn serve(
             }
         }
     }
-    fleet.shutdown().await;
+    supervisor.shutdown().await;
     // Dropping the control socket removes its file.
     control_task.abort();
     let _ = control_task.await;
@@ -122,17 +122,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// Reads the config file at `path` and makes the fleet run it.
+/// Reads the config file at `path` and makes the supervisor run it.
 async fn reapply(
-    fleet: &mut Fleet,
+    supervisor: &mut Supervisor,
     path: Option<PathBuf>,
     overrides: &Overrides,
     inherited: &mut Inherited,
 ) -> Result<Applied> {
     let path = path.ok_or_else(|| anyhow!("this host was not started with --config"))?;
-    let config = config_file::load(&path, overrides)?;
-    let bound = Fleet::bind(&config.apps, &fleet.addresses(), inherited).await?;
-    let applied = fleet.apply(config.apps, bound).await?;
+    let config = file::load(&path, overrides)?;
+    let bound = Supervisor::bind(&config.apps, &supervisor.addresses(), inherited).await?;
+    let applied = supervisor.apply(config.apps, bound).await?;
     tracing::info!(file = %path.display(), ?applied, "config applied");
     Ok(applied)
 }

@@ -17,19 +17,19 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::app::AppSettings;
+use crate::app::limits::Limits;
 use crate::config::{
     AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, check_component_file,
     check_watch_tag, default_cache_dir, parse_duration, parse_host_port, parse_size,
 };
-use crate::control::default_control_path;
-use crate::engine::EngineSettings;
+use crate::control::socket::default_control_path;
+use crate::control::source::SourceCrate;
+use crate::hosting::routes::Route;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
-use crate::limits::Limits;
 use crate::oci::Reference;
-use crate::outgoing::OutgoingPolicy;
-use crate::routes::Route;
-use crate::source::SourceCrate;
-use crate::version::VersionSettings;
+use crate::runtime::engine::EngineSettings;
+use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::version::VersionSettings;
 
 /// Per-instance memory when an app names none.
 const DEFAULT_MAX_MEMORY: usize = 512 << 20;
@@ -221,7 +221,7 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
         },
         file: Some(file.to_path_buf()),
         watch_config: spec.watch_config.unwrap_or(true),
-        connections: crate::connection::ConnectionLimits::default(),
+        connections: crate::hosting::connection::ConnectionLimits::default(),
     })
 }
 

@@ -5,6 +5,8 @@
 //! too, so every flag reports a bad value the same way. Nothing here starts
 //! or opens anything.
 
+pub mod file;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,16 +15,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
-use crate::connection::ConnectionLimits;
-use crate::control::default_control_path;
-use crate::engine::EngineSettings;
+use crate::app::limits::Limits;
+use crate::control::socket::default_control_path;
+use crate::control::source::SourceCrate;
+use crate::hosting::connection::ConnectionLimits;
+use crate::hosting::routes::Route;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
-use crate::limits::Limits;
 use crate::oci::Reference;
-use crate::outgoing::OutgoingPolicy;
-use crate::routes::Route;
-use crate::source::SourceCrate;
-use crate::version::VersionSettings;
+use crate::runtime::engine::EngineSettings;
+use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::version::VersionSettings;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -292,12 +294,12 @@ pub fn default_log_dir() -> PathBuf {
 }
 
 /// Parses a duration such as `30s`, `500ms` or `2m`, at most
-/// [`MAX_DURATION`](crate::limits::MAX_DURATION). Every duration flag and config-file value goes through
+/// [`MAX_DURATION`](crate::app::limits::MAX_DURATION). Every duration flag and config-file value goes through
 /// here, so they share one bound and one wording.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms or 2m"))?;
-    crate::limits::check_duration_bound(value).map_err(|e| format!("`{text}` {e}"))?;
+    crate::app::limits::check_duration_bound(value).map_err(|e| format!("`{text}` {e}"))?;
     Ok(value)
 }
 
@@ -387,7 +389,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
-        assert_eq!(parse_duration("24h"), Ok(crate::limits::MAX_DURATION));
+        assert_eq!(parse_duration("24h"), Ok(crate::app::limits::MAX_DURATION));
         let absurd = parse_duration("18446744073709551615s").unwrap_err();
         assert!(absurd.contains("longer than 24h"), "{absurd}");
         assert!(parse_duration("25h").is_err());

@@ -17,9 +17,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::apps::Apps;
-use crate::engine::Runtime;
-use crate::metrics::{self, AppView, VersionView};
+use crate::hosting::apps::Apps;
+use crate::ops::metrics::{self, AppView, VersionView};
+use crate::runtime::engine::Runtime;
 
 /// Serves admin requests on `listener` until the task is dropped; ready
 /// until `shutdown` fires.

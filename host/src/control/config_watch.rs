@@ -18,9 +18,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::ConfigAsk;
-use crate::digest::Digest;
-use crate::watch;
+use crate::control::socket::ConfigAsk;
+use crate::control::watch;
+use crate::runtime::digest::Digest;
 
 /// Quiet time after the last event before the file is read: kubelet's swap
 /// and an editor's save are each a burst of events.

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::rollout::CanaryPlan;
 use crate::app::{App, ReloadOutcome};
 use crate::oci::{Puller, Reference};
-use crate::rollout::CanaryPlan;
 
 /// Pulls `reference` and reloads `app` with it, or starts it as a canary.
 pub async fn reload(

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::apps::Apps;
+use crate::hosting::apps::Apps;
 
 /// Installs the handlers. SIGHUP reloads every app from its current path;
 /// SIGTERM/SIGINT cancel `shutdown`.

@@ -18,12 +18,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::rollout::CanaryPlan;
 use crate::app::{App, ReloadOutcome};
-use crate::apps::Apps;
-use crate::metrics::{self, Refused};
+use crate::control::pull;
+use crate::hosting::apps::Apps;
 use crate::oci::{Puller, Reference};
-use crate::pull;
-use crate::rollout::CanaryPlan;
+use crate::ops::metrics::{self, Refused};
 
 /// Longest request line the host reads. A request is a command, an app
 /// name and a path: a few hundred bytes; the cap keeps a client from
@@ -158,7 +158,7 @@ pub struct Applied {
 
 /// An ask to apply the config file again (or another file), with the
 /// channel its outcome goes back on: sent by the control socket and the
-/// config watch, carried out on the fleet.
+/// config watch, carried out on the supervisor.
 pub struct ConfigAsk {
     /// The file to read; `None` for the one the host was started with.
     pub path: Option<PathBuf>,
@@ -581,7 +581,7 @@ async fn act(
                 host: HostStatus {
                     pid: std::process::id(),
                     rss_bytes: resident_bytes(),
-                    log_dir: crate::logfile::dir(),
+                    log_dir: crate::ops::logfile::dir(),
                 },
                 apps: chosen.iter().map(|app| status(app, puller)).collect(),
             }))

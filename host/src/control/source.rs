@@ -20,7 +20,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::watch;
+use crate::control::watch;
 
 /// Quiet time after the last save before a rebuild starts: editors write a
 /// file in a burst of a few events within milliseconds.

@@ -23,10 +23,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
-use crate::metrics::{CONNECTIONS, Cutoff};
-use crate::request::{self, Response};
-use crate::routes::{self, RouteTable};
+use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
+use crate::hosting::routes::{self, RouteTable};
+use crate::ops::metrics::{CONNECTIONS, Cutoff};
+use crate::runtime::request::{self, Response};
 
 /// Accepts connections on `listener` and serves them with the apps of
 /// `table`, within `limits`, until `shutdown` fires; then stops accepting

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 pub use reference::{Reference, SCHEME};
 use registry::Registry;
 
-use crate::digest::Digest;
+use crate::runtime::digest::Digest;
 
 /// The manifest kinds a pull asks for.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json";

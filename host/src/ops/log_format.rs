@@ -18,7 +18,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{DefaultFields, FormatFields, Writer};
 
-use crate::logfile::{self, AppLog, escape_controls};
+use crate::ops::logfile::{self, AppLog, escape_controls};
 
 /// tracing-subscriber's default field format, with every control
 /// character in names and values escaped.
@@ -107,7 +107,7 @@ impl Drop for HostLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logfile::escaped;
+    use crate::ops::logfile::escaped;
 
     #[test]
     fn controls_are_escaped_and_the_rest_kept() {

@@ -28,7 +28,7 @@ use anyhow::Context;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::digest::Digest;
+use crate::runtime::digest::Digest;
 
 /// Bytes of code kept for one engine before the least recently used files
 /// are removed.

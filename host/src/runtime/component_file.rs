@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::metrics::{self, Refused};
+use crate::ops::metrics::{self, Refused};
 
 /// Default cap on a component file's size. Components are about 0.1 to
 /// 40 MB; this leaves room for large ones while keeping a wrong path (a

@@ -17,11 +17,11 @@ use wasmtime::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::code_cache::CodeCache;
-use crate::cpu::{self, Urgency};
-use crate::digest::Digest;
-use crate::metrics::PoolView;
-use crate::state::HostState;
+use crate::ops::metrics::PoolView;
+use crate::runtime::code_cache::CodeCache;
+use crate::runtime::cpu::{self, Urgency};
+use crate::runtime::digest::Digest;
+use crate::runtime::state::HostState;
 
 /// How often the engine's epoch advances. Every running guest yields to the
 /// async executor at each tick, which is what lets a timeout or a forced
@@ -269,7 +269,7 @@ impl Tier {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasi:http")?;
-        crate::lifecycle::add_to_linker(&mut linker)
+        crate::runtime::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
         crate::kv::guest::add_to_linker(&mut linker, |state: &mut HostState| state.keyvalue())

@@ -9,7 +9,7 @@ use anyhow::Result;
 use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker};
 
-use crate::state::HostState;
+use crate::runtime::state::HostState;
 
 /// The exported interface holding the hooks.
 const LIFECYCLE: &str = "wasm-host:app/lifecycle@0.1.0";

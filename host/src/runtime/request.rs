@@ -23,9 +23,9 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::metrics::{CONNECTIONS, Cutoff};
-use crate::version::{Version, Warm};
-use crate::work::WorkGuard;
+use crate::ops::metrics::{CONNECTIONS, Cutoff};
+use crate::runtime::version::{Version, Warm};
+use crate::runtime::work::WorkGuard;
 
 /// The response type the server sends.
 pub type Response = hyper::Response<HyperOutgoingBody>;

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::Keyvalue;
 use crate::kv::guest::KvView;
-use crate::outgoing::OutgoingPolicy;
+use crate::runtime::outgoing::OutgoingPolicy;
 
 /// What every store of one app version reaches beyond WASI: the app's name,
 /// its key-value state (shared by all its versions) and its `wasi:config`

@@ -16,15 +16,15 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::digest::Digest;
-use crate::engine::{Runtime, Tier};
-use crate::guest_log::GuestLog;
 use crate::kv::Keyvalue;
-use crate::lifecycle;
-use crate::metrics::VersionCounters;
-use crate::outgoing::OutgoingPolicy;
-use crate::state::{AppServices, HostState};
-use crate::work::WorkCounter;
+use crate::ops::metrics::VersionCounters;
+use crate::runtime::digest::Digest;
+use crate::runtime::engine::{Runtime, Tier};
+use crate::runtime::guest_log::GuestLog;
+use crate::runtime::lifecycle;
+use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::state::{AppServices, HostState};
+use crate::runtime::work::WorkCounter;
 
 /// Idle instances one version keeps for reuse, at most. Each holds a slot
 /// of the pooling allocator, which every version alive shares.
@@ -439,7 +439,7 @@ impl Version {
 
     /// The name of the tier its code comes from, as status shows it.
     pub fn tier(&self) -> &'static str {
-        crate::engine::tier_name(self.baseline)
+        crate::runtime::engine::tier_name(self.baseline)
     }
 
     /// Whether the linked component came from the in-memory cache.
@@ -542,7 +542,7 @@ async fn link(
         .code_cache()
         .filter(|_| !tier.is_baseline())
         .cloned();
-    let component = crate::engine::in_background(move || {
+    let component = crate::runtime::engine::in_background(move || {
         if let Some(found) = disk
             .as_ref()
             .and_then(|d| d.load(compiler.engine(), digest))

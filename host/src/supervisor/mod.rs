@@ -1,11 +1,13 @@
-//! The apps and listeners one host runs, and how a new config changes them:
+//! The supervisor: keeps the apps and listeners one host runs (and each
+//! app's triggers) as its config says, and changes them when a new config
+//! is applied:
 //! added apps start, removed apps drain away, apps whose component path
 //! changed reload, apps whose settings changed start again beside the old
 //! one (which then drains), and nothing unchanged is touched.
 //!
 //! A change that cannot be made whole (a busy address, a new app that does
 //! not load) is refused before any running app or listener is touched. The
-//! fleet starts and stops apps; it never reaches into how an app reloads.
+//! supervisor starts and stops apps; it never reaches into how an app reloads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,17 +21,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activation::Inherited;
 use crate::app::App;
-use crate::apps::Apps;
 use crate::config::AppConfig;
-use crate::connection::ConnectionLimits;
-use crate::control::Applied;
-use crate::engine::Runtime;
+use crate::control::socket::Applied;
+use crate::control::{pull, source, watch};
+use crate::hosting::activation::Inherited;
+use crate::hosting::apps::Apps;
+use crate::hosting::connection::ConnectionLimits;
+use crate::hosting::listener;
+use crate::hosting::routes::RouteTable;
 use crate::kv::Stores;
 use crate::oci::{Puller, Reference};
-use crate::routes::RouteTable;
-use crate::{pull, server, source, watch};
+use crate::runtime::engine::Runtime;
 
 struct Running {
     app: Arc<App>,
@@ -45,7 +48,7 @@ struct Listening {
 }
 
 /// The running apps and listeners of a host.
-pub struct Fleet {
+pub struct Supervisor {
     runtime: Runtime,
     control_plane: tokio::runtime::Handle,
     shutdown: CancellationToken,
@@ -62,8 +65,8 @@ pub struct Fleet {
     connections: ConnectionLimits,
 }
 
-impl Fleet {
-    /// An empty fleet; `shutdown` stops every listener it will start.
+impl Supervisor {
+    /// An empty supervisor; `shutdown` stops every listener it will start.
     pub fn new(
         runtime: Runtime,
         control_plane: tokio::runtime::Handle,
@@ -128,8 +131,8 @@ impl Fleet {
         Ok(bound)
     }
 
-    /// Makes the fleet run `configs`, on listeners from `bound` (see
-    /// [`Fleet::bind`]) for addresses not listened on yet.
+    /// Makes the supervisor run `configs`, on listeners from `bound` (see
+    /// [`Supervisor::bind`]) for addresses not listened on yet.
     pub async fn apply(
         &mut self,
         configs: Vec<AppConfig>,
@@ -363,7 +366,7 @@ impl Fleet {
             let names: Vec<String> = table.load().apps().map(|a| a.name().to_string()).collect();
             let local = listener.local_addr().unwrap_or(addr);
             tracing::info!(apps = %names.join(","), "listening on http://{local}");
-            let task = tokio::spawn(server::run(
+            let task = tokio::spawn(listener::run(
                 listener,
                 table.clone(),
                 stop.clone(),

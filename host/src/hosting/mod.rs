@@ -1,0 +1,12 @@
+//! The host's apps and sockets: the table of apps one process runs, the
+//! listeners that accept connections and route each request to an app,
+//! the bounds on every connection, and sockets handed over by systemd.
+//!
+//! Uses apps and the runtime below it; never reaches triggers, control or
+//! configuration: what to serve is handed down as values.
+
+pub mod activation;
+pub mod apps;
+pub mod connection;
+pub mod listener;
+pub mod routes;

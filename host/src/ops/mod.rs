@@ -1,0 +1,10 @@
+//! Operations output: counters and their Prometheus text, the host's and
+//! the apps' log files (format, rotation) and reading them back for
+//! `wasm-host logs`.
+//!
+//! Used from every layer; reaches none of them.
+
+pub mod log_format;
+pub mod logfile;
+pub mod metrics;
+pub mod tail;
