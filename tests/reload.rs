@@ -589,8 +589,11 @@ async fn a_restarted_host_goes_live_on_optimized_code_from_the_disk_cache() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    // The code file and, beside it, the SHA-256 it is checked against.
+    let mut files = files;
+    files.sort();
     assert!(
-        files.len() == 1 && files[0].ends_with(".cwasm"),
+        files.len() == 2 && files[0].ends_with(".cwasm") && files[1].ends_with(".cwasm.sha256"),
         "{files:?}"
     );
 

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::hosting::apps::Apps;
+use crate::hosting::listener::Backoff;
 use crate::ops::metrics::{self, AppView, VersionView};
 use crate::runtime::engine::Runtime;
 
@@ -29,12 +29,15 @@ pub async fn serve(
     runtime: Runtime,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = Backoff::new("admin listener");
     loop {
         let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff.reset();
+                conn
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                backoff.pause(&e).await;
                 continue;
             }
         };

@@ -9,7 +9,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use crate::app::rollout::CanaryPlan;
 use crate::app::{App, ReloadOutcome};
 use crate::control::pull;
 use crate::hosting::apps::Apps;
+use crate::hosting::listener::Backoff;
 use crate::oci::{Puller, Reference};
 use crate::ops::metrics::{self, Refused};
 
@@ -33,12 +34,6 @@ pub const MAX_REQUEST_LINE: usize = 1 << 20;
 /// How long a client may take to send its request line (and to take its
 /// reply), so a client that connects and goes quiet holds nothing for long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed accept before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// At most one warning per this long about failed accepts.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest reply line a client reads: a status of many apps is some
 /// kilobytes; more means the other end is not a wasm-host.
@@ -61,33 +56,6 @@ fn server_trusts(peer: u32) -> bool {
 /// trusting a socket another user made is exactly the impostor case.
 fn client_trusts(peer: u32) -> bool {
     peer == own_uid()
-}
-
-/// Rate-limits the warnings of a failing accept loop.
-#[derive(Default)]
-struct AcceptFailures {
-    last_warned: Option<Instant>,
-    since: u64,
-}
-
-impl AcceptFailures {
-    fn note(&mut self, error: &std::io::Error) {
-        self.since += 1;
-        if self
-            .last_warned
-            .is_some_and(|at| at.elapsed() < ACCEPT_WARN_EVERY)
-        {
-            return;
-        }
-        tracing::warn!(
-            error = %error,
-            failures = self.since,
-            "control socket accept failed (out of file descriptors?); retrying every {}ms",
-            ACCEPT_BACKOFF.as_millis()
-        );
-        self.last_warned = Some(Instant::now());
-        self.since = 0;
-    }
 }
 
 /// A request from a CLI command to the host. `app` names the app; it may
@@ -363,19 +331,20 @@ impl ControlSocket {
         config: Option<mpsc::Sender<ConfigAsk>>,
         shutdown: CancellationToken,
     ) {
-        let mut failures = AcceptFailures::default();
+        let mut backoff = Backoff::new("control socket");
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        backoff.reset();
+                        stream
+                    }
                     Err(e) => {
                         // Out of descriptors (EMFILE) or memory: the error
-                        // repeats at once, so retrying at once spins a core
-                        // and floods the log. Wait a little, and log once
-                        // per interval with the count of failures between.
-                        failures.note(&e);
+                        // repeats at once, so retrying at once would spin a
+                        // core and flood the log.
                         tokio::select! {
-                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                            _ = backoff.pause(&e) => {}
                             _ = shutdown.cancelled() => break,
                         }
                         continue;

@@ -50,7 +50,7 @@ pub async fn run(
     let limits = Arc::new(limits);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("listener");
 
     loop {
         let accepted = tokio::select! {
@@ -277,21 +277,41 @@ async fn turn_away(mut stream: TcpStream, max: usize) {
 }
 
 /// How long an accept loop waits after a failed accept: doubling from
-/// 10 ms to 1 s while it keeps failing, logged once per pause.
-#[derive(Debug, Default)]
+/// 10 ms to 1 s while it keeps failing, with a warning when failures start
+/// and at most one every 5 s after that (with the count in between). Every
+/// accept loop of the host uses it.
+#[derive(Debug)]
 pub struct Backoff {
+    what: &'static str,
     failures: u32,
+    warned: Option<std::time::Instant>,
 }
 
 impl Backoff {
+    /// The back-off of the accept loop of `what` (named in its warnings).
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            failures: 0,
+            warned: None,
+        }
+    }
+
     /// Waits before the next accept and logs why.
     pub async fn pause(&mut self, error: &std::io::Error) {
         let wait = Duration::from_millis(10u64 << self.failures.min(7)).min(Duration::from_secs(1));
         self.failures = self.failures.saturating_add(1);
-        // One warning when failures start and then one per second at most,
-        // so running out of descriptors cannot flood the log.
-        if self.failures == 1 || wait == Duration::from_secs(1) {
-            tracing::warn!(error = %error, failures = self.failures, wait_ms = wait.as_millis() as u64, "accept failed; pausing accepts");
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5))
+        {
+            tracing::warn!(
+                error = %error,
+                failures = self.failures,
+                "{} accept failed (out of file descriptors?); pausing accepts",
+                self.what
+            );
+            self.warned = Some(std::time::Instant::now());
         }
         tokio::time::sleep(wait).await;
     }
@@ -299,9 +319,10 @@ impl Backoff {
     /// An accept succeeded.
     pub fn reset(&mut self) {
         if self.failures > 0 {
-            tracing::info!(failures = self.failures, "accepting again");
+            tracing::info!(failures = self.failures, "{} accepting again", self.what);
         }
         self.failures = 0;
+        self.warned = None;
     }
 }
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs what the tests need (the
+# wasm32-wasip2 target, and redis-server, docker-registry and nginx, which
+# some end-to-end tests start on loopback), then `cargo test` with any
+# arguments given. The README's test command, and what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2 >/dev/null
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+    # The packages start system services of their own; the tests start
+    # theirs on free ports and need none of these.
+    for service in redis-server docker-registry nginx; do
+        "${sudo[@]}" service "$service" stop >/dev/null 2>&1 || true
+    done
+fi
+
+cargo test "$@"
