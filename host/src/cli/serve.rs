@@ -34,6 +34,9 @@ pub async fn serve(
     overrides: Overrides,
     mut inherited: Inherited,
 ) -> Result<()> {
+    // Caught first, so a SIGTERM while the first versions load is a
+    // graceful shutdown, not the default action's kill.
+    let caught = signals::Signals::catch()?;
     crate::hosting::listener::raise_open_file_limit(config.connections.max_connections);
     let control = ControlSocket::bind(&config.control)?;
     let bound = Supervisor::bind(&config.apps, &[], &mut inherited).await?;
@@ -69,7 +72,7 @@ pub async fn serve(
     supervisor.apply(config.apps.clone(), bound).await?;
     let apps = supervisor.table();
 
-    signals::spawn(apps.clone(), shutdown.clone())?;
+    signals::spawn(caught, apps.clone(), shutdown.clone());
     let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
     if let (Some(file), true) = (&config.file, config.watch_config) {
         config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;

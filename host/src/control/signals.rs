@@ -7,17 +7,39 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::hosting::apps::Apps;
 
-/// Installs the handlers. SIGHUP reloads every app from its current path;
-/// SIGTERM/SIGINT cancel `shutdown`.
-pub fn spawn(apps: Arc<Apps>, shutdown: CancellationToken) -> Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+/// The signals the host handles, caught from the moment this is made: a
+/// SIGTERM that arrives while the first versions still load waits here
+/// instead of killing the process with the default action.
+pub struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Starts catching SIGHUP, SIGTERM and SIGINT.
+    pub fn catch() -> Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+}
+
+/// Acts on the caught signals: SIGHUP reloads every app from its current
+/// path; SIGTERM/SIGINT cancel `shutdown`.
+pub fn spawn(signals: Signals, apps: Arc<Apps>, shutdown: CancellationToken) {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             for app in apps.all().iter() {
@@ -52,5 +74,4 @@ pub fn spawn(apps: Arc<Apps>, shutdown: CancellationToken) -> Result<()> {
             );
         }
     });
-    Ok(())
 }
