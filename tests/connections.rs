@@ -165,14 +165,8 @@ async fn connections_beyond_the_cap_get_503_and_the_rest_are_served() {
     assert_eq!(held.get("/").await.unwrap().status, 200);
     drop(held);
     drop(_second);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match get(&host.addr, "/").await {
-            Ok(answer) if answer.status == 200 => break,
-            other => assert!(Instant::now() < deadline, "no room again: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Room again once they are gone.
+    support::wait_for_body(&host.addr, "/", "hello from v1", Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +245,40 @@ async fn a_guest_whose_client_hung_up_is_stopped_after_the_grace() {
         hung_up.elapsed() < Duration::from_secs(5),
         "{:?}",
         hung_up.elapsed()
+    );
+    host.wait_log(
+        "its client went away before the answer",
+        Duration::from_secs(5),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_http2_stream_stops_its_guest_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("slow.wasm");
+    write_version(&app, "slow", "v1");
+    let host = Host::start(
+        &app,
+        &[
+            "--no-watch",
+            "--hangup-grace",
+            "300ms",
+            "--max-concurrency",
+            "1",
+        ],
+    );
+    let mut h2 = support::H2::connect(&host.addr).await.unwrap();
+    // Giving up on the answer resets the stream (RST_STREAM); the
+    // connection stays open.
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), h2.get("/?ms=20000")).await;
+    assert!(gave_up.is_err(), "a 20 s request answered early");
+    let reset = Instant::now();
+    let answer = h2.get("/?ms=10").await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        reset.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        reset.elapsed()
     );
     host.wait_log(
         "its client went away before the answer",
@@ -374,12 +402,5 @@ async fn running_out_of_descriptors_pauses_accepts_without_flooding_the_log() {
     );
     drop(crowd);
     limit(20000);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match get(&host.addr, "/").await {
-            Ok(answer) if answer.status == 200 => break,
-            other => assert!(Instant::now() < deadline, "not serving again: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_for_body(&host.addr, "/", "hello from v1", Duration::from_secs(10)).await;
 }
