@@ -344,29 +344,34 @@ pub struct Paced<B> {
     inner: B,
     budget: Duration,
     received: u64,
-    started: tokio::time::Instant,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the guest first asked for the body: the clock starts there, not
+    /// at the request's arrival, so a guest that reads late (after a queue
+    /// wait, or from a client that sends only after `100 Continue`) is not
+    /// cut off for its own delay.
+    started: Option<tokio::time::Instant>,
+    /// Made on the first wait for data, so a body read in one go (or never)
+    /// costs no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     hit: Arc<AtomicBool>,
 }
 
 impl<B> Paced<B> {
     /// `inner`, which must arrive within `budget` (plus a second per
-    /// [`PACE_BYTES`]); `hit` is set when it does not.
+    /// [`PACE_BYTES`]) of its first read; `hit` is set when it does not.
     pub fn new(inner: B, budget: Duration, hit: Arc<AtomicBool>) -> Self {
-        let started = tokio::time::Instant::now();
         Self {
             inner,
             budget,
             received: 0,
-            started,
-            timer: Box::pin(tokio::time::sleep_until(started + budget)),
+            started: None,
+            timer: None,
             hit,
         }
     }
 
-    fn deadline(&self) -> tokio::time::Instant {
+    fn deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
         let earned = Duration::from_secs(self.received / PACE_BYTES);
-        self.started + self.budget.saturating_add(earned)
+        started + self.budget.saturating_add(earned)
     }
 }
 
@@ -383,19 +388,26 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
-                    let deadline = this.deadline();
-                    this.timer.as_mut().reset(deadline);
+                    let deadline = this.deadline(started);
+                    if let Some(timer) = this.timer.as_mut() {
+                        timer.as_mut().reset(deadline);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let deadline = this.deadline(started);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
                     this.hit.store(true, Ordering::Relaxed);
                     return Poll::Ready(Some(Err(
                         wasmtime_wasi_http::Error::ConnectionReadTimeout,
