@@ -122,11 +122,16 @@ impl Host {
     /// Starts `wasm-host serve --config FILE` plus `args` with a private
     /// control socket and cache; waits until a listener is up.
     pub fn start_config(file: &Path, args: &[&str]) -> Host {
+        Self::start_config_env(file, args, &[])
+    }
+
+    /// Like [`Host::start_config`], with extra environment variables.
+    pub fn start_config_env(file: &Path, args: &[&str], env: &[(&str, &Path)]) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("control.sock");
         let mut serve: Vec<std::ffi::OsString> = vec!["--config".into(), file.into()];
         serve.extend(args.iter().map(Into::into));
-        Self::spawn(&serve, &control, &[], dir)
+        Self::spawn(&serve, &control, env, dir)
     }
 
     fn spawn(
@@ -176,10 +181,13 @@ impl Host {
             _dir: dir,
         };
         // Generous: serving a crate directory builds it first.
-        let line = host.wait_log("listening on http://", Duration::from_secs(240));
+        // `http://` or, for a TLS listener, `https://`.
+        let line = host.wait_log("listening on http", Duration::from_secs(240));
         let addr = line
-            .split("listening on http://")
+            .split("listening on ")
             .nth(1)
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, rest)| rest)
             .expect("address follows")
             .split_whitespace()
             .next()

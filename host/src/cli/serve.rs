@@ -21,6 +21,7 @@ use crate::control::socket::ControlSocket;
 use crate::control::socket::{Applied, ConfigAsk};
 use crate::hosting::activation::Inherited;
 use crate::oci::Puller;
+use crate::ops::systemd;
 use crate::runtime::engine::Runtime;
 use crate::supervisor::Supervisor;
 use crate::{control::admin, control::config_watch, control::signals};
@@ -72,12 +73,12 @@ pub async fn serve(
     supervisor.apply(config.apps.clone(), bound).await?;
     let apps = supervisor.table();
 
-    signals::spawn(caught, apps.clone(), shutdown.clone());
     let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
     if let (Some(file), true) = (&config.file, config.watch_config) {
         config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;
     }
     let asks = config.file.is_some().then_some(asks);
+    signals::spawn(caught, apps.clone(), asks.clone(), shutdown.clone());
     let control_task =
         control_plane.spawn(control.serve(apps.clone(), puller, asks, shutdown.clone()));
     // On the control plane too: health checks must answer under full load,
@@ -98,6 +99,14 @@ pub async fn serve(
         None => None,
     };
     tracing::info!(control = %config.control.display(), "control socket ready");
+    // Every listener accepts and every app's first version is live.
+    systemd::ready("serving");
+    // Pinged from the control plane: if it hangs, the pings stop and
+    // systemd restarts the host.
+    let watchdog_task = systemd::watchdog_interval().map(|every| {
+        tracing::info!(every = ?every, "pinging the systemd watchdog");
+        control_plane.spawn(systemd::watchdog(every))
+    });
 
     let mut file = config.file.clone();
     loop {
@@ -105,13 +114,26 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             Some(ask) = config_asks.recv() => {
                 let path = ask.path.or_else(|| file.clone());
+                systemd::reloading("applying the config file");
                 let outcome = reapply(&mut supervisor, path.clone(), &overrides, &mut inherited).await;
-                if outcome.is_ok() {
-                    file = path;
+                match &outcome {
+                    Ok(_) => {
+                        systemd::ready("config file applied");
+                        file = path;
+                    }
+                    Err(e) => systemd::ready(&format!(
+                        "config file not applied; serving as before: {e:#}"
+                    )),
                 }
                 let _ = ask.reply.send(outcome.map_err(|e| format!("{e:#}")));
             }
         }
+    }
+    systemd::stopping();
+    if let Some(task) = watchdog_task {
+        // The drain may outlast the watchdog's timeout; systemd's stop
+        // timeout bounds it from here on.
+        task.abort();
     }
     supervisor.shutdown().await;
     // Dropping the control socket removes its file.

@@ -1,16 +1,22 @@
-//! Unix signals as triggers: SIGHUP reloads from the current path;
+//! Unix signals as triggers: SIGHUP re-reads the config file when the host
+//! runs one (as nginx does), else reloads every app from its current path;
 //! SIGTERM and SIGINT start a graceful shutdown (a second one exits at once).
 //!
 //! This module only turns signals into calls; it knows nothing of how a
-//! reload or a shutdown works.
+//! reload or a shutdown works. A config re-read is asked of `serve`, which
+//! tells systemd around it as around every config apply; a component reload
+//! is told to systemd here.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::socket::ConfigAsk;
 use crate::hosting::apps::Apps;
+use crate::ops::systemd;
 
 /// The signals the host handles, caught from the moment this is made: a
 /// SIGTERM that arrives while the first versions still load waits here
@@ -32,9 +38,15 @@ impl Signals {
     }
 }
 
-/// Acts on the caught signals: SIGHUP reloads every app from its current
-/// path; SIGTERM/SIGINT cancel `shutdown`.
-pub fn spawn(signals: Signals, apps: Arc<Apps>, shutdown: CancellationToken) {
+/// Acts on the caught signals: SIGHUP asks on `config` to apply the config
+/// file again when the host runs one, else reloads every app from its
+/// current path; SIGTERM/SIGINT cancel `shutdown`.
+pub fn spawn(
+    signals: Signals,
+    apps: Arc<Apps>,
+    config: Option<mpsc::Sender<ConfigAsk>>,
+    shutdown: CancellationToken,
+) {
     let Signals {
         mut hup,
         mut term,
@@ -42,11 +54,13 @@ pub fn spawn(signals: Signals, apps: Arc<Apps>, shutdown: CancellationToken) {
     } = signals;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            for app in apps.all().iter() {
-                tracing::info!(app = %app.name(), "SIGHUP: reloading");
-                let app = app.clone();
-                // The app logs the outcome; nobody waits for it here.
-                tokio::spawn(async move { app.reload(None).await });
+            match &config {
+                Some(asks) => {
+                    if !reread_config(asks).await {
+                        break;
+                    }
+                }
+                None => reload_components(&apps).await,
             }
         }
     });
@@ -74,4 +88,48 @@ pub fn spawn(signals: Signals, apps: Arc<Apps>, shutdown: CancellationToken) {
             );
         }
     });
+}
+
+/// Asks `serve` to apply the config file again and logs the outcome; false
+/// once `serve` no longer takes asks (it is shutting down).
+async fn reread_config(asks: &mpsc::Sender<ConfigAsk>) -> bool {
+    tracing::info!("SIGHUP: re-reading the config file");
+    let (reply, outcome) = oneshot::channel();
+    if asks.send(ConfigAsk { path: None, reply }).await.is_err() {
+        return false;
+    }
+    match outcome.await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "SIGHUP: the config file was not applied; everything runs as before: {e}"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Reloads every app from its current path, all at once, and tells
+/// systemd when every one has finished and how many were refused.
+async fn reload_components(apps: &Apps) {
+    systemd::reloading("SIGHUP: reloading every app");
+    let all = apps.all();
+    let reloads = all.iter().map(|app| {
+        tracing::info!(app = %app.name(), "SIGHUP: reloading");
+        let app = app.clone();
+        // The app logs the outcome; only the count is needed here.
+        async move { app.reload(None).await.is_ok() }
+    });
+    let outcomes = futures::future::join_all(reloads).await;
+    let refused = outcomes.iter().filter(|ok| !**ok).count();
+    let status = if refused == 0 {
+        format!("SIGHUP: {} app(s) reloaded", outcomes.len())
+    } else {
+        format!(
+            "SIGHUP: {refused} of {} app(s) refused their reload; they serve as before",
+            outcomes.len()
+        )
+    };
+    systemd::ready(&status);
 }
