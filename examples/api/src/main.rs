@@ -2,6 +2,8 @@
 //! bodies streamed in and out, and an outgoing call.
 //!
 //! - `GET /` names the version;
+//! - `GET /scheme` answers the scheme the host says the request came in
+//!   on (`https` over TLS);
 //! - `GET /users/:id` and `GET /files/*path` echo their parameters;
 //! - `POST /echo` streams the request body straight back;
 //! - `POST /count` reads the body piece by piece and answers its size;
@@ -16,6 +18,9 @@ use wasm_host_sdk::{
 fn routes() -> Router {
     Router::new()
         .get("/", |_: Request| format!("api {}\n", stamp::version()))
+        .get("/scheme", |req: Request| {
+            format!("{}\n", req.uri().scheme_str().unwrap_or("none"))
+        })
         .get("/users/:id", |req: Request| {
             format!("user {}\n", req.param("id").unwrap_or_default())
         })

@@ -84,7 +84,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -192,6 +192,13 @@ struct ServeArgs {
     /// every 64 KiB received; a body that falls behind gets 408.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
+    /// Serve HTTPS: the PEM certificate chain (leaf first). Watched: a new
+    /// valid pair is served from the next handshake on. Needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Directory of the per-app log files (APP.log, rotated by size)
     /// [default: $XDG_STATE_HOME/wasm-host/logs, else ~/.local/state/wasm-host/logs].
     #[arg(long, value_name = "DIR")]
@@ -486,6 +493,8 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                     data_dir: args.data_dir,
                     shared_buckets: args.shared_bucket,
                     config_vars: args.config_var,
+                    tls_cert: args.tls_cert,
+                    tls_key: args.tls_key,
                 })?,
                 (None, None) => anyhow::bail!(
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"

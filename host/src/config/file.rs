@@ -19,12 +19,14 @@ use toml::Spanned;
 use crate::app::AppSettings;
 use crate::app::limits::Limits;
 use crate::config::{
-    AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, check_component_file,
-    check_watch_tag, default_cache_dir, parse_duration, parse_host_port, parse_size,
+    AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, absolute_tls,
+    check_component_file, check_watch_tag, default_cache_dir, parse_duration, parse_host_port,
+    parse_size,
 };
 use crate::control::socket::default_control_path;
 use crate::control::source::SourceCrate;
 use crate::hosting::routes::Route;
+use crate::hosting::tls::TlsFiles;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::oci::Reference;
 use crate::runtime::engine::EngineSettings;
@@ -99,6 +101,8 @@ struct AppSpec {
     shared_buckets: Vec<Spanned<String>>,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +181,7 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
         }
     }
     check_routes(&apps, &mut problems);
+    check_tls(&apps, &mut problems);
     check_pool(&apps, &mut problems);
     if !problems.found.is_empty() {
         bail!(
@@ -373,6 +378,31 @@ fn app_config(
             })
         })
         .collect();
+    let tls = match TlsFiles::from_pair(
+        app.tls_cert.as_ref().map(|c| base.join(c.get_ref())),
+        app.tls_key.as_ref().map(|k| base.join(k.get_ref())),
+        "tls_cert",
+        "tls_key",
+    )
+    .and_then(|pair| pair.map(absolute_tls).transpose())
+    {
+        Ok(Some(files)) => match files.load() {
+            Ok(_) => Some(files),
+            Err(e) => {
+                let at = app
+                    .tls_cert
+                    .as_ref()
+                    .map_or(spanned.span().start, |c| c.span().start);
+                problems.at(at, format!("{e:#}"));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            problems.at(spanned.span().start, format!("{e:#}"));
+            None
+        }
+    };
     if problems.found.len() > before {
         return None;
     }
@@ -415,7 +445,29 @@ fn app_config(
         source,
         oci,
         watch_tag,
+        tls,
     })
+}
+
+/// Apps that share an address must agree on TLS: one listener speaks
+/// either TLS or cleartext, not both.
+fn check_tls(apps: &[(usize, AppConfig)], problems: &mut Problems<'_>) {
+    for (i, (at, app)) in apps.iter().enumerate() {
+        for (_, earlier) in &apps[..i] {
+            let shared = app.listen.iter().find(|a| earlier.listen.contains(a));
+            if let Some(addr) = shared
+                && app.tls.is_some() != earlier.tls.is_some()
+            {
+                problems.at(
+                    *at,
+                    format!(
+                        "apps `{}` and `{}` share {addr}, but only one has tls_cert/tls_key; a listener is either TLS or cleartext, so give both a pair or neither",
+                        app.settings.name, earlier.settings.name
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Two apps on one address must not take exactly the same requests.

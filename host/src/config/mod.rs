@@ -20,6 +20,7 @@ use crate::control::socket::default_control_path;
 use crate::control::source::SourceCrate;
 use crate::hosting::connection::ConnectionLimits;
 use crate::hosting::routes::Route;
+use crate::hosting::tls::TlsFiles;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::oci::Reference;
 use crate::runtime::engine::EngineSettings;
@@ -69,6 +70,9 @@ pub struct AppConfig {
     /// How often to ask the registry whether the tag moved (and reload if
     /// it did), for an app pulled by tag.
     pub watch_tag: Option<Duration>,
+    /// The certificate and key its listeners serve TLS with, if any; every
+    /// app on an address must then have one (SNI picks among them).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Components larger than this go live on quickly compiled code by default.
@@ -123,6 +127,10 @@ pub struct ServeInput {
     pub shared_buckets: Vec<String>,
     /// The app's `wasi:config` values.
     pub config_vars: Vec<(String, String)>,
+    /// `--tls-cert`: the PEM certificate chain to serve TLS with.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: the PEM private key of that certificate.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -162,6 +170,12 @@ impl ServeConfig {
             if value.is_zero() {
                 bail!("{name} must be greater than zero");
             }
+        }
+        let tls = TlsFiles::from_pair(input.tls_cert, input.tls_key, "--tls-cert", "--tls-key")?
+            .map(absolute_tls)
+            .transpose()?;
+        if let Some(tls) = &tls {
+            tls.load()?;
         }
         let name = match (&source, &oci) {
             (Some(source), _) => source.name(),
@@ -208,6 +222,7 @@ impl ServeConfig {
             source,
             oci,
             watch_tag: input.watch_tag,
+            tls,
         };
         Ok(Self {
             apps: vec![app],
@@ -225,6 +240,18 @@ impl ServeConfig {
             },
         })
     }
+}
+
+/// The pair with absolute paths, so the watch and later reads do not
+/// depend on the working directory.
+pub(crate) fn absolute_tls(files: TlsFiles) -> Result<TlsFiles> {
+    let abs = |p: &Path| {
+        std::path::absolute(p).with_context(|| format!("cannot resolve the path {}", p.display()))
+    };
+    Ok(TlsFiles {
+        cert: abs(&files.cert)?,
+        key: abs(&files.key)?,
+    })
 }
 
 /// Refuses `--watch-tag` where there is no tag to watch.

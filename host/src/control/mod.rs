@@ -1,7 +1,7 @@
 //! Triggers and control: what asks an app to change (its file changing, a
 //! crate rebuilt on save, a registry tag moving, a signal, the config file
-//! changing) and how an operator talks to a running host (the control
-//! socket and the admin listener).
+//! changing, a TLS certificate changing on disk) and how an operator talks
+//! to a running host (the control socket and the admin listener).
 //!
 //! Triggers call into apps and the host's table of apps; they never start
 //! or stop apps or listeners themselves (the supervisor does), and never
@@ -13,4 +13,5 @@ pub mod pull;
 pub mod signals;
 pub mod socket;
 pub mod source;
+pub mod tls_watch;
 pub mod watch;

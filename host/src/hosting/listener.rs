@@ -6,6 +6,11 @@
 //!
 //! The server knows nothing of reloads; it asks the table and the app per
 //! request.
+//!
+//! A TLS listener does its handshake inside the same connection path: the
+//! handshake holds a `--max-connections` slot and must end within
+//! `--header-timeout`; ALPN picks h2 or http/1.1, and each request is marked
+//! [`OverTls`] so its guest sees `https`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,27 +22,29 @@ use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
 use crate::hosting::routes::{self, RouteTable};
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
-use crate::runtime::request::{self, Response};
+use crate::runtime::request::{self, OverTls, Response};
 
 /// Accepts connections on `listener` and serves them with the apps of
 /// `table`, within `limits`, until `shutdown` fires; then stops accepting
 /// and lets open connections finish their in-flight requests, for at most
-/// `grace`.
+/// `grace`. With `tls`, every connection is a TLS one.
 pub async fn run(
     listener: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     shutdown: CancellationToken,
     grace: Duration,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -76,16 +83,20 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (table, builder, limits, stop) = (
+        let (table, builder, limits, stop, tls) = (
             table.clone(),
             builder.clone(),
             limits.clone(),
             shutdown.clone(),
+            tls.clone(),
         );
         connections.spawn(async move {
             let _slot = slot;
             let _counted = CONNECTIONS.opened();
-            serve_connection(stream, table, &builder, &limits, stop).await;
+            match tls {
+                Some(tls) => serve_tls(stream, &tls, table, &builder, &limits, stop).await,
+                None => serve_connection(stream, table, &builder, &limits, stop).await,
+            }
         });
     }
 
@@ -103,8 +114,40 @@ pub async fn run(
     }
 }
 
-/// Serves one connection: checks how it opens, then hands it to hyper and
-/// watches it for idleness and for the listener's shutdown.
+/// Serves one TLS connection: the handshake (bounded by the header
+/// timeout, since a client that never finishes it would otherwise hold its
+/// slot), then HTTP over it. No first-line sniff: the bytes are TLS records,
+/// and hyper's own header timeout covers the request head after.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: &TlsAcceptor,
+    table: Arc<ArcSwap<RouteTable>>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnectionLimits,
+    stop: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(limits.header_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                CONNECTIONS.cut(Cutoff::NotHttp);
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                CONNECTIONS.cut(Cutoff::HeaderTimeout);
+                tracing::debug!("TLS handshake not finished within the header timeout; dropped");
+                return;
+            }
+        },
+        _ = stop.cancelled() => return,
+    };
+    serve_http(stream, true, table, builder, limits, stop).await;
+}
+
+/// Serves one cleartext connection: checks how it opens, then serves HTTP
+/// over it.
 async fn serve_connection(
     stream: TcpStream,
     table: Arc<ArcSwap<RouteTable>>,
@@ -137,11 +180,29 @@ async fn serve_connection(
             return;
         }
     }
+    serve_http(stream, false, table, builder, limits, stop).await;
+}
 
+/// Hands a connection to hyper and watches it for idleness and for the
+/// listener's shutdown; with `over_tls`, its requests are marked
+/// [`OverTls`].
+async fn serve_http<S>(
+    stream: S,
+    over_tls: bool,
+    table: Arc<ArcSwap<RouteTable>>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnectionLimits,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let body_timeout = limits.body_timeout;
     let watched = activity.clone();
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if over_tls {
+            req.extensions_mut().insert(OverTls);
+        }
         let in_flight = watched.request();
         let app = table.load().pick(&req).cloned();
         async move {

@@ -1,6 +1,7 @@
 //! The host's apps and sockets: the table of apps one process runs, the
 //! listeners that accept connections and route each request to an app,
-//! the bounds on every connection, and sockets handed over by systemd.
+//! the bounds on every connection, TLS and its swappable certificates, and
+//! sockets handed over by systemd.
 //!
 //! Uses apps and the runtime below it; never reaches triggers, control or
 //! configuration: what to serve is handed down as values.
@@ -10,3 +11,4 @@ pub mod apps;
 pub mod connection;
 pub mod listener;
 pub mod routes;
+pub mod tls;

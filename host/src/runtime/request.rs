@@ -30,6 +30,13 @@ use crate::runtime::work::WorkGuard;
 /// The response type the server sends.
 pub type Response = hyper::Response<HyperOutgoingBody>;
 
+/// Marks a request that arrived over TLS, so the guest is told `https`.
+/// The listener inserts it as a request extension; without it the scheme
+/// is `http`. (A marker rather than the URI's scheme: an HTTP/1.1 request
+/// line carries none, and an h2 client's `:scheme` is its own claim.)
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
+
 /// How a guest's run ended.
 enum GuestEnd {
     /// `handle` returned after setting a good response.
@@ -78,7 +85,12 @@ where
             answered.store(state, Ordering::Release);
             let _ = sender.send(response);
         };
-        http.new_incoming_request(Scheme::Http, req)
+        let scheme = if req.extensions().get::<OverTls>().is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        http.new_incoming_request(scheme, req)
             .and_then(|req| Ok((req, http.new_response_outparam_from_callback(respond)?)))
     };
     let (req, out) = match resources {

@@ -24,12 +24,13 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::config::AppConfig;
 use crate::control::socket::Applied;
-use crate::control::{pull, source, watch};
+use crate::control::{pull, source, tls_watch, watch};
 use crate::hosting::activation::Inherited;
 use crate::hosting::apps::Apps;
 use crate::hosting::connection::ConnectionLimits;
 use crate::hosting::listener;
 use crate::hosting::routes::RouteTable;
+use crate::hosting::tls::{self, CertSlot, CertTable, SniResolver};
 use crate::kv::Stores;
 use crate::oci::{Puller, Reference};
 use crate::runtime::engine::Runtime;
@@ -37,12 +38,16 @@ use crate::runtime::engine::Runtime;
 struct Running {
     app: Arc<App>,
     config: AppConfig,
-    /// Ends the app's file watch.
+    /// Ends the app's file watch (and its certificate watch).
     watch: CancellationToken,
+    /// The app's TLS certificate, swapped in place when its files change.
+    tls: Option<Arc<CertSlot>>,
 }
 
 struct Listening {
     table: Arc<ArcSwap<RouteTable>>,
+    /// The certificates of a TLS listener, by host name.
+    tls: Option<Arc<SniResolver>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -306,10 +311,20 @@ impl Supervisor {
         if let (Some(_), Some(every)) = (&config.oci, config.watch_tag) {
             pull::watch_tag(app.clone(), self.puller.clone(), every, stop.clone());
         }
+        let tls = match &config.tls {
+            Some(files) => {
+                let slot = CertSlot::load(files.clone())
+                    .context("its TLS certificate could not be loaded")?;
+                tls_watch::spawn(&config.settings.name, slot.clone(), stop.clone())?;
+                Some(slot)
+            }
+            None => None,
+        };
         Ok(Running {
             app,
             config,
             watch: stop,
+            tls,
         })
     }
 
@@ -326,8 +341,15 @@ impl Supervisor {
     fn route(&mut self, bound: &mut HashMap<SocketAddr, TcpListener>) {
         let mut tables: BTreeMap<SocketAddr, Vec<_>> = BTreeMap::new();
         let mut grace: BTreeMap<SocketAddr, Duration> = BTreeMap::new();
+        let mut certs: BTreeMap<SocketAddr, Vec<_>> = BTreeMap::new();
         for (_, running) in &self.apps {
             for addr in &running.config.listen {
+                if let Some(slot) = &running.tls {
+                    certs
+                        .entry(*addr)
+                        .or_default()
+                        .push((running.config.route.hosts.clone(), slot.clone()));
+                }
                 tables
                     .entry(*addr)
                     .or_default()
@@ -353,8 +375,20 @@ impl Supervisor {
         }
         for (addr, entries) in tables {
             let table = RouteTable::new(entries);
+            let certs = certs.remove(&addr).map(CertTable::new);
             if let Some(listening) = self.listeners.get(&addr) {
                 listening.table.store(Arc::new(table));
+                match (&listening.tls, certs) {
+                    (Some(resolver), Some(certs)) => resolver.replace(certs),
+                    (None, None) => {}
+                    // The config file check refuses a mix on one address;
+                    // turning a running listener's TLS on or off would need
+                    // a new listener on the same port.
+                    _ => tracing::warn!(
+                        %addr,
+                        "the apps on this address changed between TLS and cleartext; the listener keeps what it started with until the host restarts"
+                    ),
+                }
                 continue;
             }
             let Some(listener) = bound.remove(&addr) else {
@@ -365,15 +399,33 @@ impl Supervisor {
             let stop = self.shutdown.child_token();
             let names: Vec<String> = table.load().apps().map(|a| a.name().to_string()).collect();
             let local = listener.local_addr().unwrap_or(addr);
-            tracing::info!(apps = %names.join(","), "listening on http://{local}");
+            let resolver = certs.map(SniResolver::new);
+            let acceptor = match resolver.clone().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptor,
+                Err(e) => {
+                    tracing::warn!(%addr, "cannot set up TLS; its apps are not reachable there: {e:#}");
+                    continue;
+                }
+            };
+            let scheme = if acceptor.is_some() { "https" } else { "http" };
+            tracing::info!(apps = %names.join(","), "listening on {scheme}://{local}");
             let task = tokio::spawn(listener::run(
                 listener,
                 table.clone(),
                 stop.clone(),
                 grace.get(&addr).copied().unwrap_or_default(),
                 self.connections.clone(),
+                acceptor,
             ));
-            self.listeners.insert(addr, Listening { table, stop, task });
+            self.listeners.insert(
+                addr,
+                Listening {
+                    table,
+                    tls: resolver,
+                    stop,
+                    task,
+                },
+            );
         }
     }
 }
