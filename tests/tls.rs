@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Host, free_addr, write_version};
+use support::{Host, free_addr, get, write_version};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -211,6 +211,14 @@ async fn read(response: hyper::Response<hyper::body::Incoming>) -> (u16, String)
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A counter of the admin listener's metrics, by its full series name.
+async fn metric(admin: &str, series: &str) -> u64 {
+    let text = get(admin, "/metrics").await.unwrap().body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
 /// Writes `from` to a temporary name beside `to`, then renames it over
 /// `to`: what a careful deploy does.
 fn replace(from: &Path, to: &Path) {
@@ -359,6 +367,7 @@ async fn a_handshake_that_never_finishes_is_dropped_within_the_header_timeout() 
     let (cert, key) = make_leaf(dir.path(), "leaf", "localhost");
     let app = dir.path().join("api.wasm");
     write_version(&app, "api", "v1");
+    let admin = free_addr();
     let host = Host::start(
         &app,
         &[
@@ -368,8 +377,12 @@ async fn a_handshake_that_never_finishes_is_dropped_within_the_header_timeout() 
             key.to_str().unwrap(),
             "--header-timeout",
             "1s",
+            "--admin",
+            &admin,
         ],
     );
+    let series = "wasm_host_cutoffs_total{reason=\"header_timeout\"}";
+    let timeouts_before = metric(&admin, series).await;
 
     // One client opens TCP and sends half a TLS record header, then nothing.
     let mut stalled = TcpStream::connect(&host.addr).await.unwrap();
@@ -384,6 +397,8 @@ async fn a_handshake_that_never_finishes_is_dropped_within_the_header_timeout() 
         .unwrap();
     let mut h1 = H1s::over(tls).await;
     assert_eq!(h1.get("localhost", "/").await, (200, "api v1\n".into()));
+    // Closed now, so only the stalled client can hit the header timeout.
+    drop(h1);
 
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
@@ -399,6 +414,112 @@ async fn a_handshake_that_never_finishes_is_dropped_within_the_header_timeout() 
         "dropped too early: {took:?}"
     );
     assert!(took < Duration::from_secs(3), "dropped late: {took:?}");
+    assert_eq!(metric(&admin, series).await, timeouts_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_handshake_holds_a_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path());
+    let (cert, key) = make_leaf(dir.path(), "leaf", "localhost");
+    let app = dir.path().join("api.wasm");
+    write_version(&app, "api", "v1");
+    let host = Host::start(
+        &app,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--max-connections",
+            "1",
+            "--header-timeout",
+            "2s",
+        ],
+    );
+    // The only slot is taken by a client that never says hello.
+    let stalled = TcpStream::connect(&host.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tls_connect(&ca, &[b"http/1.1"], &host.addr, "localhost").await;
+    assert!(
+        refused.is_err(),
+        "a second connection was served over the cap"
+    );
+    // Once the stalled one is dropped (header timeout), the slot is free.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        if let Ok(tls) = tls_connect(&ca, &[b"http/1.1"], &host.addr, "localhost").await {
+            let mut h1 = H1s::over(tls).await;
+            assert_eq!(h1.get("localhost", "/").await, (200, "api v1\n".into()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_secret_update_swaps_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path());
+    let (first_cert, first_key) = make_leaf(dir.path(), "first", "localhost");
+    let (second_cert, second_key) = make_leaf(dir.path(), "second", "localhost");
+    // The layout kubelet gives a mounted Secret: the files are symlinks
+    // through `..data`, itself a symlink to a timestamped directory, and an
+    // update writes a new directory and renames a new `..data` over the old.
+    let volume = dir.path().join("secret");
+    let stamp = |n: &str, cert: &Path, key: &Path| {
+        let ts = volume.join(format!("..2026_12_01_{n}"));
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::copy(cert, ts.join("tls.crt")).unwrap();
+        std::fs::copy(key, ts.join("tls.key")).unwrap();
+        let tmp = volume.join("..data_tmp");
+        std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    };
+    stamp("1", &first_cert, &first_key);
+    for name in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), volume.join(name)).unwrap();
+    }
+    let app = dir.path().join("api.wasm");
+    write_version(&app, "api", "v1");
+    let (cert, key) = (volume.join("tls.crt"), volume.join("tls.key"));
+    let host = Host::start(
+        &app,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let tls = tls_connect(&ca, &[b"http/1.1"], &host.addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(peer_der(&tls), der(&first_cert));
+
+    stamp("2", &second_cert, &second_key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tls = tls_connect(&ca, &[b"http/1.1"], &host.addr, "localhost")
+            .await
+            .unwrap();
+        if peer_der(&tls) == der(&second_cert) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Secret update was not seen:\n{}",
+            host.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        host.log_lines(&["pair was refused"]).is_empty(),
+        "{}",
+        host.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,4 +610,48 @@ fn bad_tls_input_is_refused_with_a_reason() {
     assert!(err.contains("does not go with the certificate"), "{err}");
     let err = serve(&[&cert, &empty]);
     assert!(err.contains("holds no usable private key"), "{err}");
+
+    // In a config file: half a pair, and TLS and cleartext on one address.
+    let file = dir.path().join("wasm-host.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"listen = "{}"
+
+[app.a]
+component = "api.wasm"
+hosts = ["a.test"]
+tls_cert = "leaf.pem"
+
+[app.b]
+component = "api.wasm"
+hosts = ["b.test"]
+tls_cert = "leaf.pem"
+tls_key = "leaf.key"
+
+[app.c]
+component = "api.wasm"
+hosts = ["c.test"]
+"#,
+            free_addr()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(support::BIN)
+        .args(["serve", "--no-cache", "--config"])
+        .arg(&file)
+        .arg("--control")
+        .arg(dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wasm-host.toml:6: tls_cert is given without tls_key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("apps `c` and `b` share") && err.contains("only one has tls_cert/tls_key"),
+        "{err}"
+    );
 }

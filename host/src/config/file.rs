@@ -378,6 +378,12 @@ fn app_config(
             })
         })
         .collect();
+    // Problems with the pair are reported at whichever key is given.
+    let tls_at = app
+        .tls_cert
+        .as_ref()
+        .or(app.tls_key.as_ref())
+        .map_or(spanned.span().start, |given| given.span().start);
     let tls = match TlsFiles::from_pair(
         app.tls_cert.as_ref().map(|c| base.join(c.get_ref())),
         app.tls_key.as_ref().map(|k| base.join(k.get_ref())),
@@ -389,17 +395,13 @@ fn app_config(
         Ok(Some(files)) => match files.load() {
             Ok(_) => Some(files),
             Err(e) => {
-                let at = app
-                    .tls_cert
-                    .as_ref()
-                    .map_or(spanned.span().start, |c| c.span().start);
-                problems.at(at, format!("{e:#}"));
+                problems.at(tls_at, format!("{e:#}"));
                 None
             }
         },
         Ok(None) => None,
         Err(e) => {
-            problems.at(spanned.span().start, format!("{e:#}"));
+            problems.at(tls_at, format!("{e:#}"));
             None
         }
     };

@@ -79,7 +79,14 @@ pub async fn run(
         };
         let Ok(slot) = open.clone().try_acquire_owned() else {
             CONNECTIONS.cut(Cutoff::MaxConnections);
-            tokio::spawn(turn_away(stream, limits.max_connections));
+            if tls.is_some() {
+                // A cleartext 503 would be garbage to a TLS client, and a
+                // handshake to send a real one is what the cap saves:
+                // closing is the answer.
+                drop(stream);
+            } else {
+                tokio::spawn(turn_away(stream, limits.max_connections));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
