@@ -231,6 +231,41 @@ async fn two_hosts_on_one_redis_share_one_counter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counter_writes_through_redis_over_tls() {
+    // The server has no plaintext port: every write went over TLS.
+    let redis = Redis::start_tls();
+    let ca = redis.ca.as_ref().unwrap().to_str().unwrap();
+    let (dir, app) = counter_app();
+    let url = format!("{}?ca={ca}", redis.url);
+    let host = Host::start(&app, &["--no-watch", "--keyvalue", &url]);
+    for n in 1..=5 {
+        assert_eq!(get(&host.addr, "/").await.unwrap().body, format!("{n}\n"));
+    }
+    // The state is in Redis, not the host: a second host sees it.
+    drop(host);
+    let host = Host::start(&app, &["--no-watch", "--keyvalue", &url]);
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "5\n");
+    drop(host);
+
+    // Without the test CA the server's certificate is not trusted (only
+    // the Mozilla roots are), and the version is refused with the reason.
+    let out = std::process::Command::new(support::BIN)
+        .arg("serve")
+        .arg(&app)
+        .args(["--listen", "127.0.0.1:0", "--no-cache", "--no-watch"])
+        .args(["--keyvalue", &redis.url])
+        .arg("--control")
+        .arg(dir.path().join("c.sock"))
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cannot reach Redis at rediss://"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_versions_late_write_is_kept() {
     let (dir, app) = counter_app();
     let host = Host::start(&app, &["--no-watch"]);

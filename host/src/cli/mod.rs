@@ -211,7 +211,8 @@ struct ServeArgs {
     log_keep: u32,
     /// Where the app's wasi:keyvalue buckets live: `embedded` (a
     /// crash-safe file in the data directory), `memory` (gone when the
-    /// host stops), or `redis://HOST:PORT` (shared by every host using it).
+    /// host stops), or `redis://HOST:PORT` (shared by every host using it;
+    /// `rediss://HOST:PORT` over TLS, `?ca=CA.pem` to trust a private CA).
     #[arg(long, value_name = "STORE", default_value = "embedded", value_parser = parse_store)]
     keyvalue: StoreChoice,
     /// Share the bucket NAME with every other app on the same store, instead

@@ -128,7 +128,7 @@ impl FromStr for StoreChoice {
                 Ok(Self::Redis(url.to_string()))
             }
             other => Err(format!(
-                "unknown key-value store `{other}`: use `embedded`, `memory` or a `redis://HOST:PORT` URL"
+                "unknown key-value store `{other}`: use `embedded`, `memory` or a `redis://HOST:PORT` or `rediss://HOST:PORT` URL"
             )),
         }
     }

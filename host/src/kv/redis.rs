@@ -5,12 +5,17 @@
 //!
 //! One auto-reconnecting connection per scope carries every request,
 //! pipelined.
+//!
+//! `rediss://` is Redis over TLS (rustls), checking the server against the
+//! Mozilla roots, or, with `?ca=/path/ca.pem` at the end of the URL, against
+//! the CA certificates in that PEM file only (a private CA, as managed Redis
+//! services and test servers use).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, Script};
+use redis::{Cmd, FromRedisValue, Script, TlsCertificates};
 
 use super::{Backend, KeyPage, KvError, KvFuture, LIST_PAGE};
 
@@ -39,10 +44,54 @@ fn failed(url: &str, e: impl std::fmt::Display) -> KvError {
     KvError::new(format!("Redis at {url} failed: {e}"))
 }
 
+/// `url` without its `ca=` query parameter, and that parameter's value.
+/// The path is taken as written (no percent-decoding).
+fn split_ca(url: &str) -> (String, Option<&str>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut ca = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("ca=") {
+            Some(path) => {
+                ca = Some(path);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_owned(), ca)
+    } else {
+        (format!("{base}?{}", rest.join("&")), ca)
+    }
+}
+
+/// The client for `url`, trusting the CA file named by `?ca=` if any.
+fn client(url: &str) -> Result<redis::Client, KvError> {
+    let (plain, ca) = split_ca(url);
+    let Some(ca) = ca else {
+        return redis::Client::open(plain).map_err(|e| failed(url, e));
+    };
+    if !plain.starts_with("rediss://") {
+        return Err(KvError::new(format!(
+            "Redis at {url}: `ca=` needs TLS; write rediss://"
+        )));
+    }
+    let pem = std::fs::read(ca)
+        .map_err(|e| KvError::new(format!("Redis at {url}: cannot read the CA file {ca}: {e}")))?;
+    let certs = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(plain, certs).map_err(|e| failed(url, e))
+}
+
 impl Redis {
     /// Connects to `url`; every key gets `prefix`.
     pub async fn connect(url: &str, prefix: String) -> Result<Self, KvError> {
-        let client = redis::Client::open(url).map_err(|e| failed(url, e))?;
+        let client = client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -220,5 +269,23 @@ impl Backend for Redis {
             cmd.arg(self.key(&bucket, k));
         }
         self.run_unit(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_parameter_is_taken_out_of_the_url() {
+        assert_eq!(split_ca("redis://h:1"), ("redis://h:1".into(), None));
+        assert_eq!(
+            split_ca("rediss://h:1/0?ca=/etc/ca.pem"),
+            ("rediss://h:1/0".into(), Some("/etc/ca.pem"))
+        );
+        assert_eq!(
+            split_ca("rediss://h:1?protocol=resp3&ca=ca.pem"),
+            ("rediss://h:1?protocol=resp3".into(), Some("ca.pem"))
+        );
     }
 }
