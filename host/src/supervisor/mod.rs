@@ -286,6 +286,14 @@ impl Supervisor {
             tracing::info!(app = %config.settings.name, dir = %source.dir().display(), "building the app");
             config.settings.path = source.build(false).await?;
         }
+        // Loaded before the app starts, so a pair that went bad since the
+        // config was checked refuses the change without an app to undo.
+        let tls = match &config.tls {
+            Some(files) => Some(
+                CertSlot::load(files.clone()).context("its TLS certificate could not be loaded")?,
+            ),
+            None => None,
+        };
         let app = App::start(
             self.runtime.clone(),
             config.settings.clone(),
@@ -311,15 +319,9 @@ impl Supervisor {
         if let (Some(_), Some(every)) = (&config.oci, config.watch_tag) {
             pull::watch_tag(app.clone(), self.puller.clone(), every, stop.clone());
         }
-        let tls = match &config.tls {
-            Some(files) => {
-                let slot = CertSlot::load(files.clone())
-                    .context("its TLS certificate could not be loaded")?;
-                tls_watch::spawn(&config.settings.name, slot.clone(), stop.clone())?;
-                Some(slot)
-            }
-            None => None,
-        };
+        if let Some(slot) = &tls {
+            tls_watch::spawn(&config.settings.name, slot.clone(), stop.clone())?;
+        }
         Ok(Running {
             app,
             config,
