@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests need (the
-# wasm32-wasip2 target, and redis-server, docker-registry and nginx, which
-# some end-to-end tests start on loopback), then `cargo test` with any
+# wasm32-wasip2 target; redis-server, docker-registry and nginx, which
+# some end-to-end tests start on loopback; openssl, which makes their test
+# certificates), then `cargo test` with any
 # arguments given. The README's test command, and what .ci/run calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -64,6 +64,21 @@ pub fn write_version(path: &Path, name: &str, version: &str) {
     std::fs::write(path, stamp(&example(name), version)).expect("write component");
 }
 
+/// Runs the `openssl` command with `args` in `dir` (test certificates);
+/// panics with its output on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A loopback `127.0.0.1:PORT` with a port free right now, for a server
 /// the test starts on it.
 pub fn free_addr() -> String {

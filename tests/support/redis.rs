@@ -80,18 +80,7 @@ impl Redis {
 /// Writes `ca.pem`, and `server.pem`/`server.key` for IP 127.0.0.1 signed
 /// by it, into `dir`.
 fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs (install it with `apt-get install openssl`)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| super::openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config_watch;
+pub mod content_watch;
 pub mod pull;
 pub mod signals;
 pub mod socket;
