@@ -300,8 +300,7 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         return Path::new(&home).join(".cache/wasm-host");
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = crate::control::socket::own_uid();
     PathBuf::from(format!("/tmp/wasm-host-cache-{uid}"))
 }
 
@@ -315,8 +314,7 @@ pub fn default_log_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         return Path::new(&home).join(".local/state/wasm-host/logs");
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = crate::control::socket::own_uid();
     PathBuf::from(format!("/tmp/wasm-host-logs-{uid}"))
 }
 

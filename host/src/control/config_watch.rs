@@ -27,7 +27,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Watches `file` until `stop` fires, asking on `asks` to apply it again
 /// each time its contents change.
 pub fn spawn(file: PathBuf, asks: mpsc::Sender<ConfigAsk>, stop: CancellationToken) -> Result<()> {
-    tracing::info!(file = %file.display(), "watching the config file: a change is applied in place");
+    let shown = file.clone();
     content_watch::spawn(vec![file.clone()], DEBOUNCE, stop, move || {
         let (file, asks) = (file.clone(), asks.clone());
         async move {
@@ -52,5 +52,8 @@ pub fn spawn(file: PathBuf, asks: mpsc::Sender<ConfigAsk>, stop: CancellationTok
                 Err(_) => Next::Stop,
             }
         }
-    })
+    })?;
+    // Only once the watch is in place: a change made after this line is seen.
+    tracing::info!(file = %shown.display(), "watching the config file: a change is applied in place");
+    Ok(())
 }

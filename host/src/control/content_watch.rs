@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::watch;
+use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 
 /// Whether a watch goes on after a change was handled.
@@ -30,10 +32,26 @@ pub enum Next {
     Stop,
 }
 
+/// Largest file this watch reads: config files and certificates are a few
+/// KB; anything this large is not one.
+const MAX_WATCHED: u64 = 16 << 20;
+
 /// The digest of the bytes behind `file` (symlinks followed), or `None`
-/// while it cannot be read, e.g. between a delete and a recreate.
-pub fn fingerprint(file: &Path) -> Option<Digest> {
-    std::fs::read(file).ok().map(|bytes| Digest::of(&bytes))
+/// while it cannot be read (between a delete and a recreate) or is not a
+/// regular file of a sane size: read through the one guarded reader, so a
+/// FIFO or `/dev/zero` put in its place cannot block or exhaust the host.
+fn fingerprint(file: &Path) -> Option<Digest> {
+    component_file::read_blocking(file, MAX_WATCHED)
+        .ok()
+        .map(|bytes| Digest::of(&bytes))
+}
+
+/// The fingerprints of `files`, read on a blocking thread.
+async fn fingerprints(files: Arc<[PathBuf]>) -> Vec<Option<Digest>> {
+    let count = files.len();
+    tokio::task::spawn_blocking(move || files.iter().map(|f| fingerprint(f)).collect())
+        .await
+        .unwrap_or_else(|_| vec![None; count])
 }
 
 /// Watches `files` until `stop` fires (or `changed` says [`Next::Stop`]).
@@ -58,8 +76,8 @@ where
             .watch(dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("cannot watch the directory {}", dir.display()))?;
     }
-    let read = move |files: &[PathBuf]| files.iter().map(|f| fingerprint(f)).collect::<Vec<_>>();
-    let mut seen = read(&files);
+    let files: Arc<[PathBuf]> = files.into();
+    let mut seen: Vec<_> = files.iter().map(|f| fingerprint(f)).collect();
     tokio::spawn(async move {
         // Owned by the task: dropping it would end the watch.
         let _watcher = watcher;
@@ -72,7 +90,7 @@ where
                     }
                 }
             }
-            let now = read(&files);
+            let now = fingerprints(files.clone()).await;
             if now.iter().any(Option::is_none) || now == seen {
                 continue;
             }

@@ -40,7 +40,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REPLY_LINE: u64 = 16 << 20;
 
 /// The user this process runs as.
-fn own_uid() -> u32 {
+pub(crate) fn own_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
@@ -150,8 +150,7 @@ pub fn default_control_path() -> PathBuf {
 /// first by another user; a directory of our own, mode 0700, cannot (the
 /// host refuses one that another user owns or that others may enter).
 pub fn private_control_dir() -> PathBuf {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = own_uid();
     std::env::temp_dir().join(format!("wasm-host-{uid}"))
 }
 
@@ -475,7 +474,10 @@ async fn read_request(read: impl AsyncRead + Unpin) -> Result<ControlRequest, St
             "the control request is longer than {MAX_REQUEST_LINE} bytes; a request is one short JSON line"
         ));
     }
-    serde_json::from_slice(&line).map_err(|e| format!("malformed control request: {e}"))
+    // Through `parse_request`, the function the fuzz suite drives.
+    let line = std::str::from_utf8(&line)
+        .map_err(|e| format!("malformed control request: not UTF-8 ({e})"))?;
+    parse_request(line)
 }
 
 /// Carries out one request on the app it names.

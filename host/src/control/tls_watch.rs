@@ -30,18 +30,25 @@ pub fn spawn(app: &str, slot: Arc<CertSlot>, stop: CancellationToken) -> Result<
     let app = app.to_string();
     let watched = vec![files.cert.clone(), files.key.clone()];
     content_watch::spawn(watched, DEBOUNCE, stop, move || {
-        match slot.reload() {
-            Ok(()) => tracing::info!(
-                app = %app,
-                cert = %files.cert.display(),
-                "TLS certificate changed: new handshakes get the new one"
-            ),
-            Err(e) => tracing::warn!(
-                app = %app,
-                cert = %files.cert.display(),
-                "TLS certificate or key changed but the pair was refused; the old certificate keeps serving: {e:#}"
-            ),
+        let (slot, app, cert) = (slot.clone(), app.clone(), files.cert.clone());
+        async move {
+            // Two file reads and a key parse: kept off the async threads.
+            let reloaded = tokio::task::spawn_blocking(move || slot.reload())
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload did not finish: {e}")));
+            match reloaded {
+                Ok(()) => tracing::info!(
+                    app = %app,
+                    cert = %cert.display(),
+                    "TLS certificate changed: new handshakes get the new one"
+                ),
+                Err(e) => tracing::warn!(
+                    app = %app,
+                    cert = %cert.display(),
+                    "TLS certificate or key changed but the pair was refused; the old certificate keeps serving: {e:#}"
+                ),
+            }
+            Next::Continue
         }
-        std::future::ready(Next::Continue)
     })
 }

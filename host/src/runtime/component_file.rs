@@ -75,7 +75,7 @@ pub async fn read(path: &Path) -> Result<Vec<u8>, ReadError> {
 }
 
 /// [`read`] with an explicit cap and deadline.
-pub async fn read_within(path: PathBuf, max: u64, timeout: Duration) -> Result<Vec<u8>, ReadError> {
+async fn read_within(path: PathBuf, max: u64, timeout: Duration) -> Result<Vec<u8>, ReadError> {
     let reading = tokio::task::spawn_blocking(move || read_blocking(&path, max));
     let result = match tokio::time::timeout(timeout, reading).await {
         // The blocking thread is left to finish or fail on its own; nothing

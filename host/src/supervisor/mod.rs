@@ -306,21 +306,31 @@ impl Supervisor {
         .map_err(anyhow::Error::from)
         .context("its first version could not be loaded")?;
         let stop = CancellationToken::new();
-        match (&config.source, config.watch) {
-            (Some(crate_dir), true) => source::spawn(
-                app.clone(),
-                crate_dir.clone(),
-                &config.settings.path,
-                stop.clone(),
-            )?,
-            (None, true) => watch::spawn(app.clone(), stop.clone())?,
-            (_, false) => {}
-        }
-        if let (Some(_), Some(every)) = (&config.oci, config.watch_tag) {
-            pull::watch_tag(app.clone(), self.puller.clone(), every, stop.clone());
-        }
-        if let Some(slot) = &tls {
-            tls_watch::spawn(&config.settings.name, slot.clone(), stop.clone())?;
+        let triggers = (|| -> Result<()> {
+            match (&config.source, config.watch) {
+                (Some(crate_dir), true) => source::spawn(
+                    app.clone(),
+                    crate_dir.clone(),
+                    &config.settings.path,
+                    stop.clone(),
+                )?,
+                (None, true) => watch::spawn(app.clone(), stop.clone())?,
+                (_, false) => {}
+            }
+            if let (Some(_), Some(every)) = (&config.oci, config.watch_tag) {
+                pull::watch_tag(app.clone(), self.puller.clone(), every, stop.clone());
+            }
+            if let Some(slot) = &tls {
+                tls_watch::spawn(&config.settings.name, slot.clone(), stop.clone())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = triggers {
+            // The app is up but would run without the triggers it was
+            // configured with: stop what did start, and refuse.
+            stop.cancel();
+            app.shutdown().await;
+            return Err(e);
         }
         Ok(Running {
             app,
