@@ -12,69 +12,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use support::notify::Notify;
 use support::{Host, free_addr, get, write_version};
-
-/// systemd's end of the notification socket.
-struct Notify {
-    socket: UnixDatagram,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-    /// Every message received so far, in order.
-    seen: Vec<String>,
-}
-
-impl Notify {
-    fn bind() -> Notify {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Notify {
-            socket,
-            path,
-            _dir: dir,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the next message that satisfies `want`, skipping others
-    /// (watchdog pings among them); panics with all messages on timeout.
-    fn next(&mut self, timeout: Duration, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            let Ok(n) = self.socket.recv(&mut buf) else {
-                continue;
-            };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            self.seen.push(msg.clone());
-            if want(&msg) {
-                return msg;
-            }
-        }
-        panic!(
-            "no matching notification within {timeout:?}; saw {:#?}",
-            self.seen
-        );
-    }
-
-    /// Messages that arrive within `window`.
-    fn drain(&mut self, window: Duration) -> Vec<String> {
-        let deadline = Instant::now() + window;
-        let mut buf = [0u8; 4096];
-        let mut got = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push(msg.clone());
-                got.push(msg);
-            }
-        }
-        got
-    }
-}
 
 fn has(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod notify;
 pub mod redis;
 pub mod registry;
 
@@ -442,6 +443,18 @@ impl H1 {
             .map_err(|e| format!("not ready: {e}"))?;
         answer(self.sender.send_request(request(&self.addr, path))).await
     }
+
+    /// Like [`H1::get`], but `None` when the server closed the connection
+    /// before the request was sent (a client then opens a new one).
+    pub async fn try_get(&mut self, path: &str) -> Option<Result<Answer, String>> {
+        self.sender.ready().await.ok()?;
+        Some(answer(self.sender.send_request(request(&self.addr, path))).await)
+    }
+
+    /// Whether the connection may still take a request.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
 }
 
 /// An HTTP/2 (h2c, prior knowledge) connection; clones share it.
@@ -472,6 +485,18 @@ impl H2 {
             .await
             .map_err(|e| format!("not ready: {e}"))?;
         answer(self.sender.send_request(request(&self.addr, path))).await
+    }
+
+    /// Like [`H2::get`], but `None` when the server said GOAWAY (or closed)
+    /// before the stream was sent (a client then opens a new connection).
+    pub async fn try_get(&mut self, path: &str) -> Option<Result<Answer, String>> {
+        self.sender.ready().await.ok()?;
+        Some(answer(self.sender.send_request(request(&self.addr, path))).await)
+    }
+
+    /// Whether the connection may still take a stream.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod serve;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ use crate::config::{
     self, DEFAULT_LISTEN, ServeConfig, ServeInput, parse_duration, parse_env, parse_host_port,
     parse_size,
 };
+use crate::control::handoff::{Passed, Successor};
 use crate::control::socket::{self, Applied, ControlReply, ControlRequest, StatusReport};
 use crate::hosting::activation::Inherited;
 use crate::hosting::connection::ConnectionLimits;
@@ -68,6 +70,27 @@ enum Command {
     /// Show what a running host runs: versions by state, requests, memory.
     #[command(after_help = "Examples:\n  wasm-host status\n  wasm-host status shop --json")]
     Status(StatusArgs),
+    /// Replace the running host's own binary without a gap: the new binary
+    /// takes over the sockets and the apps (same generations), then the old
+    /// process drains and exits. SIGUSR2 does the same.
+    #[command(
+        after_help = "Exits 0 once the new process serves, 1 when it could not take over; the old\nprocess keeps serving then.\n\nExamples:\n  wasm-host upgrade                      (the binary at the path the host was started from)\n  wasm-host upgrade --binary /opt/wasm-host/2.0/wasm-host"
+    )]
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpgradeArgs {
+    /// The new binary [default: the path the running host was started
+    /// from, where a deploy has put the new one].
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+    /// How long the new binary may take to load every app before the
+    /// upgrade is called off.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
+    wait: Duration,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -420,8 +443,17 @@ struct StatusArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    // Before any thread starts: this reads and clears the environment.
+    crate::control::upgrade::remember_own_binary();
+    // Before any thread starts: these read and clear the environment.
     let inherited = Inherited::from_env();
+    let takeover = match Successor::from_env() {
+        Ok(takeover) => takeover.map(|(successor, passed)| (Arc::new(successor), passed)),
+        Err(e) => {
+            eprintln!("error: cannot take over from the old process: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let successor = takeover.as_ref().map(|(s, _)| s.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -432,16 +464,23 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, inherited)) {
+    match runtime.block_on(run(cli.command, inherited, takeover)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(successor) = successor {
+                successor.failed(&format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
+async fn run(
+    command: Command,
+    inherited: Inherited,
+    takeover: Option<(Arc<Successor>, Passed)>,
+) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             crate::runtime::component_file::set_max_size(args.max_component_size as u64);
@@ -508,7 +547,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 idle_timeout: args.idle_timeout,
                 body_timeout: args.body_timeout,
             };
-            crate::cli::serve::serve(config, overrides, inherited).await?;
+            crate::cli::serve::serve(config, overrides, inherited, takeover).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload(ReloadArgs {
@@ -576,6 +615,33 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
             crate::ops::tail::run(files, args.lines, args.follow).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Upgrade(args) => {
+            let binary = match args.binary {
+                Some(p) => Some(
+                    std::path::absolute(&p)
+                        .with_context(|| format!("cannot resolve the path {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let request = ControlRequest::Upgrade {
+                binary,
+                wait_s: Some(args.wait.as_secs().max(1)),
+            };
+            // The host answers once the new process serves or gave up.
+            let reply = args
+                .control
+                .send(&request, args.wait + CHANGE_TIMEOUT)
+                .await?;
+            match reply {
+                ControlReply::Upgraded { pid } => {
+                    println!(
+                        "upgraded: process {pid} serves every app; the old process drains and exits"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Ok(print_reply(other, Step::Upgrade)),
+            }
+        }
         Command::Status(args) => {
             let request = ControlRequest::Status { app: args.app };
             let reply = args.control.send(&request, QUICK_TIMEOUT).await?;
@@ -599,6 +665,7 @@ enum Step {
     Abort,
     Rollback,
     Status,
+    Upgrade,
 }
 
 fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
@@ -611,9 +678,14 @@ fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
                 Step::Abort => "abort refused",
                 Step::Rollback => "rollback refused",
                 Step::Status => "status failed",
+                Step::Upgrade => "upgrade refused",
             };
             eprintln!("{what}: {error}\nnothing changed: the live version is still serving");
             return ExitCode::FAILURE;
+        }
+        ControlReply::Upgraded { pid } => {
+            println!("upgraded: process {pid} serves");
+            return ExitCode::SUCCESS;
         }
         ControlReply::Status(report) => {
             print_status(&report);
@@ -666,7 +738,7 @@ fn print_reply(reply: ControlReply, step: Step) -> ExitCode {
             o.revived_from.unwrap_or_default(),
             o.reload_us as f64 / 1000.0
         ),
-        Step::Status => {}
+        Step::Status | Step::Upgrade => {}
     }
     ExitCode::SUCCESS
 }

@@ -1,14 +1,18 @@
 //! `wasm-host serve`: puts the parts together (listeners, apps, triggers,
 //! control socket, admin listener) and runs until a shutdown signal, then
 //! drains and returns. A config reload asked over the control socket is
-//! carried out here, by the supervisor.
+//! carried out here, by the supervisor; so is a binary upgrade, after
+//! which this process drains away while its successor serves.
 //!
 //! Order matters: the control socket and every listener are taken first, so
 //! a busy port or a second host fails before any compile; every app's first
 //! version must load before the first connection is accepted.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpListener;
@@ -17,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::file::{self, Overrides};
 use crate::config::{ServeConfig, default_cache_dir};
-use crate::control::socket::ControlSocket;
-use crate::control::socket::{Applied, ConfigAsk};
+use crate::control::handoff::{Handoff, Passed, PassedControl, PassedSocket, Successor};
+use crate::control::socket::{Applied, Asks, ConfigAsk, ControlSocket};
+use crate::control::upgrade::{self, UpgradeAsk};
 use crate::hosting::activation::Inherited;
 use crate::oci::Puller;
 use crate::ops::systemd;
@@ -29,26 +34,52 @@ use crate::{control::admin, control::config_watch, control::signals};
 /// Serves `config` until SIGTERM/SIGINT, then drains every version.
 /// `overrides` are the command-line host settings that win over a config
 /// file's, on every re-read.
-/// `inherited` holds the listening sockets the parent passed in, if any.
+/// `inherited` holds the listening sockets the parent passed in, if any;
+/// `takeover`, what an old host passed on in a binary upgrade and the
+/// link to tell it when this one serves.
 pub async fn serve(
     config: ServeConfig,
     overrides: Overrides,
     mut inherited: Inherited,
+    takeover: Option<(Arc<Successor>, Passed)>,
 ) -> Result<()> {
     // Caught first, so a SIGTERM while the first versions load is a
     // graceful shutdown, not the default action's kill.
     let caught = signals::Signals::catch()?;
     crate::hosting::listener::raise_open_file_limit(config.connections.max_connections);
-    let control = ControlSocket::bind(&config.control)?;
+    let (successor, mut passed) = match takeover {
+        Some((successor, passed)) => (Some(successor), passed),
+        None => (None, Passed::default()),
+    };
+    inherited.add_upgraded(std::mem::take(&mut passed.listeners));
+    let control = match passed.control.take() {
+        Some((path, listener)) if path == config.control => ControlSocket::passed(listener, &path)?,
+        Some((path, _)) => {
+            tracing::warn!(old = %path.display(), "the control socket path changed; binding the new one");
+            ControlSocket::bind(&config.control)?
+        }
+        None => ControlSocket::bind(&config.control)?,
+    };
     let bound = Supervisor::bind(&config.apps, &[], &mut inherited).await?;
     for addr in inherited.unused() {
         tracing::warn!(%addr, "a passed socket matches no app's listen address; it stays unused");
     }
-    let admin = match config.admin {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+    let admin = match (config.admin, passed.admin.take()) {
+        (Some(addr), Some((was, listener))) if was == addr => Some(
+            TcpListener::from_std(listener)
+                .with_context(|| format!("cannot use the passed admin socket {addr}"))?,
+        ),
+        (Some(addr), _) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for --admin; is another server using it?")
         })?),
-        None => None,
+        (None, _) => None,
+    };
+    let passable_admin = match (&admin, config.admin) {
+        (Some(listener), Some(addr)) => Some(PassedSocket {
+            addr,
+            fd: listener.as_raw_fd(),
+        }),
+        _ => None,
     };
     let runtime = Runtime::new(&config.engine)?;
     // The control plane (reloads, drains, the control socket) gets a thread
@@ -70,6 +101,7 @@ pub async fn serve(
         puller.clone(),
         config.connections.clone(),
     );
+    supervisor.carry(std::mem::take(&mut passed.apps));
     supervisor.apply(config.apps.clone(), bound).await?;
     let apps = supervisor.table();
 
@@ -78,9 +110,25 @@ pub async fn serve(
         config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;
     }
     let asks = config.file.is_some().then_some(asks);
-    signals::spawn(caught, apps.clone(), asks.clone(), shutdown.clone());
-    let control_task =
-        control_plane.spawn(control.serve(apps.clone(), puller, asks, shutdown.clone()));
+    let (upgrades, mut upgrade_asks) = mpsc::channel::<UpgradeAsk>(1);
+    signals::spawn(
+        caught,
+        apps.clone(),
+        asks.clone(),
+        upgrades.clone(),
+        shutdown.clone(),
+    );
+    let (control_path, control_fd) = control.passable();
+    let keep_control_file = control.keep_file();
+    let control_task = control_plane.spawn(control.serve(
+        apps.clone(),
+        puller,
+        Asks {
+            config: asks,
+            upgrade: upgrades,
+        },
+        shutdown.clone(),
+    ));
     // On the control plane too: health checks must answer under full load,
     // and keep answering (not ready) while the host drains.
     let admin_task = match admin {
@@ -100,7 +148,14 @@ pub async fn serve(
     };
     tracing::info!(control = %config.control.display(), "control socket ready");
     // Every listener accepts and every app's first version is live.
-    systemd::ready("serving");
+    match &successor {
+        // The old process tells systemd this one is the service now.
+        Some(successor) => {
+            successor.ready();
+            keep_control_file.store(false, Ordering::Release);
+        }
+        None => systemd::ready("serving"),
+    }
     // Pinged from the control plane: if it hangs, the pings stop and
     // systemd restarts the host.
     let watchdog_task = systemd::watchdog_interval().map(|every| {
@@ -109,6 +164,7 @@ pub async fn serve(
     });
 
     let mut file = config.file.clone();
+    let mut upgraded = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -127,17 +183,52 @@ pub async fn serve(
                 }
                 let _ = ask.reply.send(outcome.map_err(|e| format!("{e:#}")));
             }
+            Some(ask) = upgrade_asks.recv() => {
+                let control = PassedControl { path: control_path.clone(), fd: control_fd };
+                let outcome = tokio::select! {
+                    outcome = hand_over(&supervisor, passable_admin, control, ask.binary, ask.wait) => outcome,
+                    _ = shutdown.cancelled() => Err(anyhow!("the host began shutting down")),
+                };
+                match outcome {
+                    Ok(pid) => {
+                        keep_control_file.store(true, Ordering::Release);
+                        systemd::handed_over(pid);
+                        tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
+                        let _ = ask.reply.send(Ok(pid));
+                        upgraded = Some(pid);
+                        shutdown.cancel();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("upgrade refused: {e:#}");
+                        let _ = ask.reply.send(Err(format!("{e:#}")));
+                    }
+                }
+            }
         }
     }
-    systemd::stopping();
     if let Some(task) = watchdog_task {
         // The drain may outlast the watchdog's timeout; systemd's stop
-        // timeout bounds it from here on.
+        // timeout bounds it from here on (or the new process pings).
         task.abort();
     }
+    let admin_task = match upgraded {
+        // The new process answers health checks on the shared socket; this
+        // one's "not ready" would tell a load balancer the host is going.
+        Some(_) => {
+            if let Some(task) = admin_task {
+                task.abort();
+            }
+            None
+        }
+        None => {
+            systemd::stopping();
+            admin_task
+        }
+    };
     supervisor.shutdown().await;
-    // Dropping the control socket removes its file.
-    control_task.abort();
+    // Answers the requests it has begun, then stops; dropping the control
+    // socket removes its file unless a successor serves on it.
     let _ = control_task.await;
     if let Some(task) = admin_task {
         task.abort();
@@ -145,6 +236,28 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the successor with every socket and what each app runs.
+async fn hand_over(
+    supervisor: &Supervisor,
+    admin: Option<PassedSocket>,
+    control: PassedControl,
+    binary: Option<PathBuf>,
+    wait: Duration,
+) -> Result<u32> {
+    let apps = supervisor.to_carry().map_err(anyhow::Error::msg)?;
+    let binary = match binary {
+        Some(binary) => binary,
+        None => upgrade::own_binary()?,
+    };
+    let handoff = Handoff {
+        listeners: supervisor.passable(),
+        admin,
+        control: Some(control),
+        apps,
+    };
+    upgrade::start_successor(&binary, &handoff, wait).await
 }
 
 /// Reads the config file at `path` and makes the supervisor run it.

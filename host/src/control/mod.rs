@@ -10,9 +10,11 @@
 pub mod admin;
 pub mod config_watch;
 pub mod content_watch;
+pub mod handoff;
 pub mod pull;
 pub mod signals;
 pub mod socket;
 pub mod source;
 pub mod tls_watch;
+pub mod upgrade;
 pub mod watch;

@@ -1,6 +1,8 @@
 //! Unix signals as triggers: SIGHUP re-reads the config file when the host
 //! runs one (as nginx does), else reloads every app from its current path;
-//! SIGTERM and SIGINT start a graceful shutdown (a second one exits at once).
+//! SIGUSR2 upgrades the host to the binary at the path it was started
+//! from; SIGTERM and SIGINT start a graceful shutdown (a second one exits
+//! at once).
 //!
 //! This module only turns signals into calls; it knows nothing of how a
 //! reload or a shutdown works. A config re-read is asked of `serve`, which
@@ -15,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::socket::ConfigAsk;
+use crate::control::upgrade::UpgradeAsk;
 use crate::hosting::apps::Apps;
 use crate::ops::systemd;
 
@@ -23,15 +26,18 @@ use crate::ops::systemd;
 /// instead of killing the process with the default action.
 pub struct Signals {
     hup: Signal,
+    usr2: Signal,
     term: Signal,
     int: Signal,
 }
 
 impl Signals {
-    /// Starts catching SIGHUP, SIGTERM and SIGINT.
+    /// Starts catching SIGHUP, SIGUSR2, SIGTERM and SIGINT.
     pub fn catch() -> Result<Self> {
         Ok(Self {
             hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2())
+                .context("cannot install the SIGUSR2 handler")?,
             term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
         })
@@ -40,18 +46,39 @@ impl Signals {
 
 /// Acts on the caught signals: SIGHUP asks on `config` to apply the config
 /// file again when the host runs one, else reloads every app from its
-/// current path; SIGTERM/SIGINT cancel `shutdown`.
+/// current path; SIGUSR2 asks on `upgrade` for a binary upgrade;
+/// SIGTERM/SIGINT cancel `shutdown`.
 pub fn spawn(
     signals: Signals,
     apps: Arc<Apps>,
     config: Option<mpsc::Sender<ConfigAsk>>,
+    upgrade: mpsc::Sender<UpgradeAsk>,
     shutdown: CancellationToken,
 ) {
     let Signals {
         mut hup,
+        mut usr2,
         mut term,
         mut int,
     } = signals;
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            tracing::info!("SIGUSR2: upgrading to the binary this host was started from");
+            let (reply, outcome) = oneshot::channel();
+            let ask = UpgradeAsk {
+                binary: None,
+                wait: crate::control::upgrade::DEFAULT_WAIT,
+                reply,
+            };
+            if upgrade.send(ask).await.is_err() {
+                break;
+            }
+            // `serve` logs the outcome either way.
+            if outcome.await.is_err() {
+                break;
+            }
+        }
+    });
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match &config {

@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::rollout::CanaryPlan;
 use crate::app::{App, ReloadOutcome};
 use crate::control::pull;
+use crate::control::upgrade::{self, UpgradeAsk};
 use crate::hosting::apps::Apps;
 use crate::hosting::listener::Backoff;
 use crate::oci::{Puller, Reference};
@@ -105,6 +107,15 @@ pub enum ControlRequest {
         #[serde(default)]
         app: Option<String>,
     },
+    /// Hand the sockets and apps to a new host binary, then drain away.
+    Upgrade {
+        /// The new binary; absent for the path this host was started from.
+        #[serde(default)]
+        binary: Option<PathBuf>,
+        /// Seconds the new binary may take to load every app.
+        #[serde(default)]
+        wait_s: Option<u64>,
+    },
 }
 
 /// What applying a config did, app by app.
@@ -169,6 +180,11 @@ pub enum ControlReply {
     Status(StatusReport),
     /// What applying a config file did.
     Applied(Applied),
+    /// A new host process took over; this one drains and exits.
+    Upgraded {
+        /// The new process's id.
+        pid: u32,
+    },
 }
 
 /// A snapshot of the host and its apps.
@@ -257,6 +273,18 @@ pub struct VersionStatus {
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Keep the file on drop: it is not this process's to remove (taken
+    /// over and not serving yet, or handed on to a successor).
+    keep_file: Arc<AtomicBool>,
+}
+
+/// Where control asks that `serve` carries out go.
+#[derive(Clone)]
+pub struct Asks {
+    /// Config applies; absent when the host runs no config file.
+    pub config: Option<mpsc::Sender<ConfigAsk>>,
+    /// Binary upgrades.
+    pub upgrade: mpsc::Sender<UpgradeAsk>,
 }
 
 impl ControlSocket {
@@ -314,10 +342,38 @@ impl ControlSocket {
                 )
             },
         )?;
-        Ok(Self {
+        Ok(Self::new(listener, path, false))
+    }
+
+    fn new(listener: UnixListener, path: &Path, keep_file: bool) -> Self {
+        Self {
             listener,
             path: path.to_path_buf(),
-        })
+            keep_file: Arc::new(AtomicBool::new(keep_file)),
+        }
+    }
+
+    /// The control socket an old host passed on in an upgrade.
+    pub fn passed(listener: std::os::unix::net::UnixListener, path: &Path) -> Result<Self> {
+        let listener = UnixListener::from_std(listener)
+            .with_context(|| format!("cannot use the passed control socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "took over the control socket from the old process");
+        // The old process still serves on it: if this one fails to start,
+        // the file must stay.
+        Ok(Self::new(listener, path, true))
+    }
+
+    /// Its path and descriptor, for a handoff.
+    pub fn passable(&self) -> (PathBuf, std::os::fd::RawFd) {
+        use std::os::fd::AsRawFd;
+        (self.path.clone(), self.listener.as_raw_fd())
+    }
+
+    /// Whether to keep the socket file when this is dropped: set once a
+    /// successor serves on it; cleared once a process that took the socket
+    /// over serves (it is then the one to remove it).
+    pub fn keep_file(&self) -> Arc<AtomicBool> {
+        self.keep_file.clone()
     }
 
     /// Answers requests about `apps` until `shutdown` fires; asks to apply
@@ -327,10 +383,11 @@ impl ControlSocket {
         self,
         apps: Arc<Apps>,
         puller: Arc<Puller>,
-        config: Option<mpsc::Sender<ConfigAsk>>,
+        asks: Asks,
         shutdown: CancellationToken,
     ) {
         let mut backoff = Backoff::new("control socket");
+        let answers = tokio_util::task::TaskTracker::new();
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -351,13 +408,17 @@ impl ControlSocket {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let (apps, puller, config) = (apps.clone(), puller.clone(), config.clone());
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, &apps, &puller, config.as_ref()).await {
+            let (apps, puller, asks) = (apps.clone(), puller.clone(), asks.clone());
+            answers.spawn(async move {
+                if let Err(e) = answer(stream, &apps, &puller, &asks).await {
                     tracing::warn!(error = %format!("{e:#}"), "control request failed");
                 }
             });
         }
+        // Requests already taken get their reply (an upgrade's above all:
+        // it is what stopped this loop), within a bound.
+        answers.close();
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, answers.wait()).await;
     }
 }
 
@@ -400,7 +461,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep_file.load(Ordering::Acquire) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -413,12 +476,7 @@ pub fn parse_request(line: &str) -> Result<ControlRequest, String> {
 }
 
 /// Reads one request from `stream`, acts on it, writes the reply.
-async fn answer(
-    stream: UnixStream,
-    apps: &Apps,
-    puller: &Puller,
-    config: Option<&mpsc::Sender<ConfigAsk>>,
-) -> Result<()> {
+async fn answer(stream: UnixStream, apps: &Apps, puller: &Puller, asks: &Asks) -> Result<()> {
     let peer = stream
         .peer_cred()
         .context("cannot read the control client's credentials")?;
@@ -435,7 +493,7 @@ async fn answer(
         }
     } else {
         match read_request(read).await {
-            Ok(request) => match act(request, apps, puller, config).await {
+            Ok(request) => match act(request, apps, puller, asks).await {
                 Ok(reply) => reply,
                 Err(error) => ControlReply::Failed { error },
             },
@@ -485,7 +543,7 @@ async fn act(
     request: ControlRequest,
     apps: &Apps,
     puller: &Puller,
-    config: Option<&mpsc::Sender<ConfigAsk>>,
+    asks: &Asks,
 ) -> Result<ControlReply, String> {
     let changed = |result: Result<ReloadOutcome, crate::app::ReloadError>| {
         result
@@ -530,7 +588,7 @@ async fn act(
             changed(result)
         }
         ControlRequest::ApplyConfig { path } => {
-            let config = config.ok_or(
+            let config = asks.config.as_ref().ok_or(
                 "this host serves one app from the command line, not a config file; start it with `wasm-host serve --config FILE` to manage apps by file",
             )?;
             let (reply, outcome) = oneshot::channel();
@@ -542,6 +600,24 @@ async fn act(
                 .await
                 .map_err(|_| "the host is shutting down".to_string())??;
             Ok(ControlReply::Applied(applied))
+        }
+        ControlRequest::Upgrade { binary, wait_s } => {
+            let wait = wait_s.map_or(upgrade::DEFAULT_WAIT, Duration::from_secs);
+            crate::app::limits::check_duration_bound(wait)
+                .map_err(|e| format!("the upgrade wait {e}"))?;
+            let (reply, outcome) = oneshot::channel();
+            asks.upgrade
+                .send(UpgradeAsk {
+                    binary,
+                    wait,
+                    reply,
+                })
+                .await
+                .map_err(|_| "the host is shutting down".to_string())?;
+            let pid = outcome
+                .await
+                .map_err(|_| "the host is shutting down".to_string())??;
+            Ok(ControlReply::Upgraded { pid })
         }
         ControlRequest::Status { app } => {
             let chosen = match app {

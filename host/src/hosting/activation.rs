@@ -1,7 +1,7 @@
-//! Socket activation: listening sockets handed to the host by its parent
-//! (systemd's `LISTEN_FDS` protocol), so the host binary itself can be
-//! restarted or upgraded while the sockets stay open and connections wait
-//! in their backlog.
+//! Socket activation: listening sockets handed to the host by its parent,
+//! by systemd's `LISTEN_FDS` protocol or by the old host in a binary
+//! upgrade, so the host binary itself can be restarted or upgraded while
+//! the sockets stay open and connections wait in their backlog.
 //!
 //! Only takes the sockets over; binding the rest and serving is done
 //! elsewhere.
@@ -16,6 +16,9 @@ const FIRST_FD: RawFd = 3;
 #[derive(Debug, Default)]
 pub struct Inherited {
     listeners: Vec<TcpListener>,
+    /// From an old host, by the address its config named (port 0 stays 0
+    /// there, while the socket has a real port).
+    upgraded: Vec<(SocketAddr, TcpListener)>,
 }
 
 impl Inherited {
@@ -54,13 +57,25 @@ impl Inherited {
                 }
             }
         }
-        Self { listeners }
+        Self {
+            listeners,
+            upgraded: Vec::new(),
+        }
+    }
+
+    /// Adds the sockets an old host passed in an upgrade, by configured
+    /// address.
+    pub fn add_upgraded(&mut self, sockets: Vec<(SocketAddr, TcpListener)>) {
+        self.upgraded.extend(sockets);
     }
 
     /// The passed socket for `addr`, if there is one. With `only` set and
     /// one socket passed, that socket serves `addr` whatever its address
     /// (`systemd-socket-activate -l 8080 wasm-host serve app.wasm`).
     pub fn take(&mut self, addr: SocketAddr, only: bool) -> Option<TcpListener> {
+        if let Some(i) = self.upgraded.iter().position(|(a, _)| *a == addr) {
+            return Some(self.upgraded.remove(i).1);
+        }
         let found = self
             .listeners
             .iter()
@@ -76,6 +91,7 @@ impl Inherited {
     pub fn unused(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
+            .chain(self.upgraded.iter().map(|(_, l)| l))
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }

@@ -206,12 +206,19 @@ async fn serve_http<S>(
     let activity = Activity::new();
     let body_timeout = limits.body_timeout;
     let watched = activity.clone();
+    let h2 = Arc::new(AtomicBool::new(false));
+    let (seen_h2, stopping) = (h2.clone(), stop.clone());
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if over_tls {
             req.extensions_mut().insert(OverTls);
         }
+        let version = req.version();
+        if version == http::Version::HTTP_2 {
+            seen_h2.store(true, Ordering::Relaxed);
+        }
         let in_flight = watched.request();
         let app = table.load().pick(&req).cloned();
+        let stopping = stopping.clone();
         async move {
             let response = match app {
                 _ if req
@@ -245,6 +252,14 @@ async fn serve_http<S>(
                 }
                 None => no_app(&req),
             };
+            let mut response = response;
+            if stopping.is_cancelled() && version < http::Version::HTTP_2 {
+                // The clean goodbye of HTTP/1: this answer, then the close.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             // The connection counts as busy until the answer is sent.
             Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight).boxed_unsync()))
         }
@@ -256,6 +271,8 @@ async fn serve_http<S>(
     // Once an idle connection is told to go (GOAWAY), how long its peer
     // may take to finish the goodbye before the socket is simply dropped.
     let mut drop_at: Option<tokio::time::Instant> = None;
+    // After the listener stops, when an HTTP/1 connection's linger ends.
+    let mut shutdown_at: Option<tokio::time::Instant> = None;
     loop {
         let idle_left = limits.idle_timeout.saturating_sub(activity.idle_for());
         tokio::select! {
@@ -269,8 +286,22 @@ async fn serve_http<S>(
                 return;
             }
             _ = stop.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
                 closing = true;
+                if h2.load(Ordering::Relaxed) {
+                    // GOAWAY tells the client which streams were taken.
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    // HTTP/1 has no goodbye for an idle connection: closing
+                    // it now races a request already on its way, which the
+                    // client sees as a reset. Its next request is answered
+                    // with `Connection: close` (above); one that never comes
+                    // is closed after the linger.
+                    shutdown_at = Some(tokio::time::Instant::now() + CLOSE_LINGER);
+                }
+            }
+            _ = sleep_until(shutdown_at), if shutdown_at.is_some() => {
+                shutdown_at = None;
+                conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(idle_left), if !closing => {
                 if activity.idle_for() >= limits.idle_timeout {
@@ -321,6 +352,13 @@ pub fn raise_open_file_limit(wanted: usize) {
 /// an HTTP/2 peer is sent GOAWAY and a ping, and one that never answers
 /// must not hold its socket.
 const IDLE_GOODBYE: Duration = Duration::from_secs(1);
+
+/// Once the listener stops (shutdown, or a successor took over), how long
+/// an idle HTTP/1 keep-alive connection waits for its client's next
+/// request, which it answers with `Connection: close`. A client busy on
+/// the connection sends within milliseconds; one idle this long is
+/// closed as an idle connection would be.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -46,6 +46,16 @@ pub fn reloading(status: &str) {
     }
 }
 
+/// A binary upgrade succeeded: process `pid` is the service now
+/// (MAINPID=), while this one drains without telling systemd it stops.
+pub fn handed_over(pid: u32) {
+    let status = format!("upgraded: process {pid} serves; the old one drains");
+    send(
+        "main pid",
+        &[NotifyState::MainPid(pid), NotifyState::Status(&status)],
+    );
+}
+
 /// Shutdown begins (STOPPING=1).
 pub fn stopping() {
     send(

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::config::AppConfig;
+use crate::control::handoff::{CarriedApp, PassedSocket};
 use crate::control::socket::Applied;
 use crate::control::{pull, source, tls_watch, watch};
 use crate::hosting::activation::Inherited;
@@ -45,6 +47,9 @@ struct Running {
 }
 
 struct Listening {
+    /// The listening socket's descriptor, for a handoff; open while `task`
+    /// runs.
+    fd: RawFd,
     table: Arc<ArcSwap<RouteTable>>,
     /// The certificates of a TLS listener, by host name.
     tls: Option<Arc<SniResolver>>,
@@ -68,6 +73,9 @@ pub struct Supervisor {
     puller: Arc<Puller>,
     /// Bounds on the connections of every listener.
     connections: ConnectionLimits,
+    /// What the apps ran in the process this one took over from; used by
+    /// the first apply only.
+    carried: HashMap<String, CarriedApp>,
 }
 
 impl Supervisor {
@@ -90,7 +98,53 @@ impl Supervisor {
             retiring: TaskTracker::new(),
             stores: Stores::new(),
             puller,
+            carried: HashMap::new(),
         }
+    }
+
+    /// Makes the next apply start these apps at the generation and from
+    /// the file the old process ran (a binary upgrade), instead of at
+    /// generation 1 from the config's file.
+    pub fn carry(&mut self, apps: Vec<CarriedApp>) {
+        self.carried = apps.into_iter().map(|a| (a.name.clone(), a)).collect();
+    }
+
+    /// What each app runs, for a successor to carry on. Refused while a
+    /// canary runs: the successor would start only the live version.
+    pub fn to_carry(&self) -> Result<Vec<CarriedApp>, String> {
+        let mut carried = Vec::new();
+        for (name, running) in &self.apps {
+            let app = &running.app;
+            if let Some(canary) = app.canary() {
+                return Err(format!(
+                    "app `{name}` runs canary generation {}; promote or abort it before upgrading the host",
+                    canary.generation()
+                ));
+            }
+            let generation = app.live().generation();
+            let path = app
+                .source_of(generation)
+                .unwrap_or_else(|| app.path().borrow().clone());
+            let source = self.puller.reference_of(&path).map(|r| r.to_string());
+            carried.push(CarriedApp {
+                name: name.clone(),
+                generation,
+                path,
+                source,
+            });
+        }
+        Ok(carried)
+    }
+
+    /// The listening sockets, by configured address, for a successor.
+    pub fn passable(&self) -> Vec<PassedSocket> {
+        self.listeners
+            .iter()
+            .map(|(addr, l)| PassedSocket {
+                addr: *addr,
+                fd: l.fd,
+            })
+            .collect()
     }
 
     /// The apps by name, for the control socket and the admin listener.
@@ -154,7 +208,7 @@ impl Supervisor {
             let first = match old {
                 Some(old) if same_except_path(&old.config, config) => continue,
                 Some(old) => old.app.live().generation() + 1,
-                None => 1,
+                None => self.carried.get(name).map_or(1, |c| c.generation),
             };
             match self.start(config.clone(), first).await {
                 Ok(running) => {
@@ -222,6 +276,7 @@ impl Supervisor {
                 Err(e) => applied.refused.push(format!("{}: {e}", app.name())),
             }
         }
+        self.carried.clear();
         Ok(applied)
     }
 
@@ -251,6 +306,13 @@ impl Supervisor {
         let mut pins = Vec::new();
         for config in &mut configs {
             let name = &config.settings.name;
+            if let (Some(carried), Some(_)) = (self.carried.get(name), &config.oci) {
+                // What the old process pulled and ran: no pull again.
+                config.settings.path = carried.path.clone();
+                let pin = carried.source.as_deref().and_then(|s| s.parse().ok());
+                pins.push((name.clone(), pin));
+                continue;
+            }
             let Some(reference) = &config.oci else {
                 if self
                     .running(name)
@@ -282,9 +344,17 @@ impl Supervisor {
 
     /// Builds (for a crate) and loads one app, and starts its watch.
     async fn start(&self, mut config: AppConfig, first: u64) -> Result<Running> {
-        if let Some(source) = &config.source {
-            tracing::info!(app = %config.settings.name, dir = %source.dir().display(), "building the app");
-            config.settings.path = source.build(false).await?;
+        let mut settings = config.settings.clone();
+        match (self.carried.get(&settings.name), &config.source) {
+            // The file the old process ran (a binary upgrade); the config
+            // keeps naming its own, so a later apply compares like with like.
+            (Some(carried), _) => settings.path = carried.path.clone(),
+            (None, Some(source)) => {
+                tracing::info!(app = %settings.name, dir = %source.dir().display(), "building the app");
+                config.settings.path = source.build(false).await?;
+                settings.path = config.settings.path.clone();
+            }
+            (None, None) => {}
         }
         // Loaded before the app starts, so a pair that went bad since the
         // config was checked refuses the change without an app to undo.
@@ -296,7 +366,7 @@ impl Supervisor {
         };
         let app = App::start(
             self.runtime.clone(),
-            config.settings.clone(),
+            settings.clone(),
             first,
             &self.control_plane,
             self.stores
@@ -308,12 +378,9 @@ impl Supervisor {
         let stop = CancellationToken::new();
         let triggers = (|| -> Result<()> {
             match (&config.source, config.watch) {
-                (Some(crate_dir), true) => source::spawn(
-                    app.clone(),
-                    crate_dir.clone(),
-                    &config.settings.path,
-                    stop.clone(),
-                )?,
+                (Some(crate_dir), true) => {
+                    source::spawn(app.clone(), crate_dir.clone(), &settings.path, stop.clone())?
+                }
                 (None, true) => watch::spawn(app.clone(), stop.clone())?,
                 (_, false) => {}
             }
@@ -411,6 +478,7 @@ impl Supervisor {
             let stop = self.shutdown.child_token();
             let names: Vec<String> = table.load().apps().map(|a| a.name().to_string()).collect();
             let local = listener.local_addr().unwrap_or(addr);
+            let fd = listener.as_raw_fd();
             let resolver = certs.map(SniResolver::new);
             let acceptor = match resolver.clone().map(tls::acceptor).transpose() {
                 Ok(acceptor) => acceptor,
@@ -432,6 +500,7 @@ impl Supervisor {
             self.listeners.insert(
                 addr,
                 Listening {
+                    fd,
                     table,
                     tls: resolver,
                     stop,
