@@ -24,7 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+use tokio_rustls::rustls::{ClientConfig, ClientConnection, RootCertStore, crypto::ring};
 
 /// A test CA in `dir` (`ca.pem`, `ca.key`).
 fn make_ca(dir: &Path) -> PathBuf {
@@ -117,6 +117,11 @@ fn der(pem: &Path) -> Vec<u8> {
 
 /// A client that trusts only `ca` and offers `alpn`.
 fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
+    TlsConnector::from(client_config(ca, alpn))
+}
+
+/// The settings of a client that trusts only `ca` and offers `alpn`.
+fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(ca).unwrap())
@@ -127,7 +132,7 @@ fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A TLS connection to `addr` naming `name` (SNI); bounded.
@@ -937,6 +942,179 @@ async fn a_handshake_that_never_finishes_is_dropped_within_the_header_timeout() 
     );
     assert!(took < Duration::from_secs(3), "dropped late: {took:?}");
     assert_eq!(metric(&admin, series).await, timeouts_before + 1);
+}
+
+/// The first flight of a TLS client for `localhost` (its ClientHello), as
+/// sent by one that will never send the rest.
+fn client_hello(ca: &Path) -> Vec<u8> {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(client_config(ca, &[b"h2", b"http/1.1"]), name)
+        .expect("a TLS client");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).expect("the ClientHello");
+    }
+    assert_eq!(hello.first(), Some(&0x16), "a handshake record");
+    hello
+}
+
+/// Whether the host still holds `stream` open: what it sent is read and
+/// dropped, and neither the end of the stream nor an error follows.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Waits (at most `limit`) for the host to close `stream`, reading and
+/// dropping what it sends; returns when the close was seen.
+async fn closed(stream: &TcpStream, limit: Duration) -> Option<Instant> {
+    let wait = async {
+        loop {
+            if stream.readable().await.is_err() || !still_open(stream) {
+                return Instant::now();
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_dropped_in_bounded_time_while_other_clients_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path());
+    let (cert, key) = make_leaf(dir.path(), "leaf", "localhost");
+    let app = dir.path().join("api.wasm");
+    write_version(&app, "api", "v1");
+    let admin = free_addr();
+    let timeout = Duration::from_secs(3);
+    let host = Host::start(
+        &app,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--header-timeout",
+            "3s",
+            "--admin",
+            &admin,
+        ],
+    );
+    let series = "wasm_host_cutoffs_total{reason=\"header_timeout\"}";
+    let timeouts_before = metric(&admin, series).await;
+
+    // Eight clients that start a handshake and never finish it, two of
+    // each kind: one that sends nothing, one that sends half a record
+    // header, one that sends a whole ClientHello and never answers the
+    // host's reply, and one that trickles its ClientHello a byte every
+    // 100 ms (each byte in time, the whole far too slow).
+    let hello = client_hello(&ca);
+    let mut stalled: Vec<(&str, Instant, Arc<TcpStream>)> = Vec::new();
+    let mut tricklers = Vec::new();
+    for _ in 0..2 {
+        for kind in ["silent", "half a header", "hello, no finish", "trickle"] {
+            let stream = Arc::new(TcpStream::connect(&host.addr).await.unwrap());
+            let opened = Instant::now();
+            match kind {
+                "half a header" => {
+                    stream.writable().await.unwrap();
+                    assert_eq!(stream.try_write(&[0x16, 0x03]).unwrap(), 2);
+                }
+                "hello, no finish" => {
+                    stream.writable().await.unwrap();
+                    assert_eq!(stream.try_write(&hello).unwrap(), hello.len());
+                }
+                "trickle" => {
+                    let (stream, hello) = (stream.clone(), hello.clone());
+                    tricklers.push(tokio::spawn(async move {
+                        for byte in hello {
+                            let sent = match stream.writable().await {
+                                Ok(()) => stream.try_write(&[byte]),
+                                Err(e) => Err(e),
+                            };
+                            if sent.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }));
+                }
+                _ => {}
+            }
+            stalled.push((kind, opened, stream));
+        }
+    }
+    let all_opened = Instant::now();
+
+    // Meanwhile other clients are served, at once: four on HTTP/1.1 with a
+    // handshake each, one on h2.
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let (ca, addr) = (ca.clone(), host.addr.clone());
+        served.push(tokio::spawn(async move {
+            let tls = tls_connect(&ca, &[b"http/1.1"], &addr, "localhost").await?;
+            let mut send = open_h1(tls).await?;
+            ask(&mut send).await
+        }));
+    }
+    let (ca2, addr) = (ca.clone(), host.addr.clone());
+    served.push(tokio::spawn(async move {
+        let tls = tls_connect(&ca2, &[b"h2"], &addr, "localhost").await?;
+        let mut send = open_h2(tls).await?;
+        ask(&mut send).await
+    }));
+    for answer in served {
+        assert_eq!(
+            answer.await.unwrap(),
+            Ok((200, "api v1\n".to_string())),
+            "a client was not served while handshakes stalled"
+        );
+    }
+    let served_after = all_opened.elapsed();
+    // ... while every stalled handshake was still held: the host did not
+    // wait for them to end before serving the others.
+    for (kind, _, stream) in &stalled {
+        assert!(
+            still_open(stream),
+            "the {kind} client was dropped before the others were served ({served_after:?}); \
+             the test proves nothing if serving takes longer than the {timeout:?} header timeout"
+        );
+    }
+    eprintln!("5 clients served in {served_after:?} while 8 handshakes stalled");
+
+    // Each stalled client is dropped at the header timeout, not before and
+    // not much after.
+    for (kind, opened, stream) in &stalled {
+        let at = closed(stream, timeout + Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("the {kind} client was never dropped"));
+        let took = at - *opened;
+        assert!(
+            took >= timeout - Duration::from_millis(100),
+            "the {kind} client was dropped early: {took:?}"
+        );
+        assert!(
+            took < timeout + Duration::from_secs(3),
+            "the {kind} client was dropped late: {took:?}"
+        );
+    }
+    for trickler in tricklers {
+        trickler.abort();
+    }
+    // By the handshake timeout, each of them; and the host serves on.
+    assert_eq!(metric(&admin, series).await, timeouts_before + 8);
+    let tls = tls_connect(&ca, &[b"http/1.1"], &host.addr, "localhost")
+        .await
+        .unwrap();
+    let mut h1 = H1s::over(tls).await;
+    assert_eq!(h1.get("localhost", "/").await, (200, "api v1\n".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
