@@ -402,6 +402,19 @@ async fn answer(
     })
 }
 
+/// `None` for a request hyper reports canceled: the connection closed (or
+/// the server said GOAWAY) before the request went out, so the server never
+/// saw it, and a client sends it again on a new connection (as hyper-util's
+/// pooled client does). Otherwise the answer, read whole.
+async fn unsent_or_answer(
+    sent: hyper::Result<hyper::Response<hyper::body::Incoming>>,
+) -> Option<Result<Answer, String>> {
+    match sent {
+        Err(e) if e.is_canceled() => None,
+        sent => Some(answer(std::future::ready(sent)).await),
+    }
+}
+
 /// A TCP connection to `addr`, ready for a hyper client handshake.
 async fn open(addr: &str) -> Result<TokioIo<TcpStream>, String> {
     let stream = TcpStream::connect(addr)
@@ -448,7 +461,7 @@ impl H1 {
     /// before the request was sent (a client then opens a new one).
     pub async fn try_get(&mut self, path: &str) -> Option<Result<Answer, String>> {
         self.sender.ready().await.ok()?;
-        Some(answer(self.sender.send_request(request(&self.addr, path))).await)
+        unsent_or_answer(self.sender.send_request(request(&self.addr, path)).await).await
     }
 
     /// Whether the connection may still take a request.
@@ -491,7 +504,7 @@ impl H2 {
     /// before the stream was sent (a client then opens a new connection).
     pub async fn try_get(&mut self, path: &str) -> Option<Result<Answer, String>> {
         self.sender.ready().await.ok()?;
-        Some(answer(self.sender.send_request(request(&self.addr, path))).await)
+        unsent_or_answer(self.sender.send_request(request(&self.addr, path)).await).await
     }
 
     /// Whether the connection may still take a stream.
