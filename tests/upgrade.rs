@@ -235,7 +235,8 @@ async fn an_upgrade_under_load_drops_nothing_and_keeps_generations() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let load = start_load(&host.addr, stop.clone(), tally.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Long enough at rest to see this machine's own hiccups.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // Slow requests and background work in flight on the old process.
     let slow: Vec<_> = (0..4)
