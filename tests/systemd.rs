@@ -8,9 +8,8 @@
 
 mod support;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use support::notify::Notify;
 use support::{Host, free_addr, get, write_version};

@@ -8,14 +8,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::notify::Notify;
-use support::{BIN, H1, H2, Host, get, write_version};
+use support::{BIN, H1, H2, Host, get, notify_listener, write_version};
 
 /// Kills a host process the test did not start itself (the successor) when
 /// the test ends, however it ends.
@@ -61,25 +60,6 @@ allow_http = ["127.0.0.1:{notify_port}"]
     )
     .unwrap();
     file
-}
-
-/// A listener that records the request lines it gets, with their time.
-fn notify_listener() -> (u16, Arc<Mutex<Vec<(Instant, String)>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let book = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(10) {
-            let Ok(mut stream) = stream else { continue };
-            let mut line = String::new();
-            let _ = BufReader::new(&stream).read_line(&mut line);
-            book.lock().unwrap().push((Instant::now(), line));
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
 }
 
 /// What the load clients saw.
@@ -441,4 +421,35 @@ async fn sigusr2_upgrades_and_tells_systemd_the_new_main_pid() {
         status(&host.control)["host"]["pid"].as_u64(),
         Some(new_pid as u64)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_keyvalue_state_carries_over_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("counter.wasm");
+    write_version(&app, "counter", "v1");
+    let host = Host::start(&app, &["--no-watch"]);
+    for n in 1..=5 {
+        assert_eq!(get(&host.addr, "/").await.unwrap().body, format!("{n}\n"));
+    }
+    // Work after the response that writes to the store, in flight on the
+    // old process while the new one takes over the same file.
+    let later = support::send(&host.addr, "POST", "/later?key=late&ms=1500", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(later.status, 202, "{later:?}");
+    let out = host.ctl_ok(&["upgrade"]);
+    let new_pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _reap = Reap(new_pid);
+    // The new process waits for the old one to let go of the file, then
+    // counts on.
+    let sixth = get(&host.addr, "/").await.unwrap();
+    assert_eq!((sixth.status, sixth.body.as_str()), (200, "6\n"));
+    let late = get(&host.addr, "/kv/default/late").await.unwrap();
+    assert_eq!((late.status, late.body.as_str()), (200, "v1"));
 }

@@ -89,6 +89,31 @@ pub fn free_addr() -> String {
         .to_string()
 }
 
+/// Request lines a listener got, each with the moment it arrived.
+pub type Seen = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+/// A listener that records the request lines it gets, with their time.
+pub fn notify_listener() -> (u16, Seen) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let book = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            book.lock()
+                .unwrap()
+                .push((Instant::now(), line.trim().to_string()));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
 /// Log lines of a running host, with the moment each was read.
 #[derive(Default)]
 struct LogBook {

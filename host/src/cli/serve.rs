@@ -52,6 +52,17 @@ pub async fn serve(
         None => (None, Passed::default()),
     };
     inherited.add_upgraded(std::mem::take(&mut passed.listeners));
+    if successor.is_some() {
+        // The old process keeps its embedded key-value files open until its
+        // last request has drained; first uses here wait that long for them.
+        let longest_drain = config
+            .apps
+            .iter()
+            .map(|a| a.settings.drain_timeout)
+            .max()
+            .unwrap_or_default();
+        crate::kv::wait_for_old_host(longest_drain + Duration::from_secs(10));
+    }
     let control = match passed.control.take() {
         Some((path, listener)) if path == config.control => ControlSocket::passed(listener, &path)?,
         Some((path, _)) => {

@@ -16,7 +16,7 @@
 //! [`REOPEN_RETRY`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -91,18 +91,57 @@ fn from_the_file(e: &redb::Error) -> bool {
     matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
 }
 
+/// How long an open waits for the old host to let go of the file, in
+/// milliseconds, and that host's process id: both 0 unless this host took
+/// over from an old one in a binary upgrade, which holds its files until
+/// its last request has drained.
+static TAKEOVER_WAIT_MS: AtomicU64 = AtomicU64::new(0);
+static OLD_HOST: AtomicU32 = AtomicU32::new(0);
+
+/// Makes opens wait up to `wait` for a file the old host (this process's
+/// parent, `wasm-host upgrade`) still holds: its requests still in flight
+/// keep their store.
+pub fn wait_for_old_host(wait: Duration) {
+    TAKEOVER_WAIT_MS.store(wait.as_millis() as u64, Ordering::Relaxed);
+    OLD_HOST.store(std::os::unix::process::parent_id(), Ordering::Relaxed);
+}
+
+/// Whether the old host this one took over from still runs: it is the
+/// parent until it exits.
+pub(crate) fn old_host_running() -> bool {
+    let old = OLD_HOST.load(Ordering::Relaxed);
+    old != 0 && std::os::unix::process::parent_id() == old
+}
+
 fn open_file(path: &Path) -> KvResult<Database> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| KvError::new(format!("cannot create {}: {e}", dir.display())))?;
     }
-    Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => KvError::new(format!(
-            "{} is in use by another process; give each host its own --data-dir, or share state through Redis",
-            path.display()
-        )),
-        other => KvError::new(format!("cannot open {}: {other}", path.display())),
-    })
+    let wait = Duration::from_millis(TAKEOVER_WAIT_MS.load(Ordering::Relaxed));
+    let started = Instant::now();
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if old_host_running() && started.elapsed() < wait =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(KvError::new(format!(
+                    "{} is in use by another process; give each host its own --data-dir, or share state through Redis",
+                    path.display()
+                )));
+            }
+            Err(other) => {
+                return Err(KvError::new(format!(
+                    "cannot open {}: {other}",
+                    path.display()
+                )));
+            }
+        }
+    }
 }
 
 impl DbFile {

@@ -13,6 +13,8 @@
 //! bindings are in `kv::guest`.
 
 mod embedded;
+
+pub use embedded::wait_for_old_host;
 pub(crate) mod guest;
 mod memory;
 mod redis;
@@ -340,6 +342,12 @@ impl Keyvalue {
     /// database held by another process refuses the version with a clear
     /// error instead of failing its requests.
     pub async fn ready(&self) -> anyhow::Result<()> {
+        if self.settings.choice == StoreChoice::Embedded && embedded::old_host_running() {
+            // The old host holds the file until it has drained, and it
+            // drains only once this process is ready: the first use opens
+            // it, waiting for the old host if need be.
+            return Ok(());
+        }
         self.own_backend().await.map(drop).map_err(|e| {
             anyhow::anyhow!(
                 "the app's key-value store ({}) cannot be opened: {e}",
