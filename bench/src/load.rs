@@ -223,6 +223,12 @@ async fn one_request(
     spec: &LoadSpec,
     conn: &mut Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
 ) -> Result<String, ()> {
+    // A connection the server closed between requests (its answer said
+    // `Connection: close`) is replaced, as a pooled client would; the
+    // request was never sent on it.
+    if conn.as_ref().is_some_and(|c| c.is_closed()) {
+        *conn = None;
+    }
     if conn.is_none() {
         let stream = TcpStream::connect(spec.addr).await.map_err(|_| ())?;
         let _ = stream.set_nodelay(true);

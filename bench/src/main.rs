@@ -8,7 +8,8 @@
 //! installed), and a native hyper server; reload latency and latency during
 //! a reload storm; cold reloads of a large component under load against
 //! Winch's own compile time; and resident memory after 1 and after many
-//! reloads. The report opens with the targets and whether each was
+//! reloads; and the host's own binary upgrade against a restart, under
+//! load. The report opens with the targets and whether each was
 //! met in this run.
 
 mod cold;
@@ -16,6 +17,7 @@ mod load;
 mod native;
 mod report;
 mod servers;
+mod upgrade;
 mod wrk;
 
 use std::net::SocketAddr;
@@ -72,6 +74,8 @@ enum Section {
     Memory,
     /// Increments/s through each key-value backend.
     Keyvalue,
+    /// The host's own binary upgrade against a restart, under load.
+    Upgrade,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +135,11 @@ fn main() -> Result<()> {
     if wanted(Section::Keyvalue) {
         let counter = repo.join("examples/target/wasm32-wasip2/release/counter.wasm");
         keyvalue(&cli, &tools, &counter, &mut report)?;
+    }
+
+    if wanted(Section::Upgrade) {
+        let changes = upgrade::measure(&tools, &component, cli.duration, cli.connections / 2)?;
+        report.upgrade(changes);
     }
 
     std::fs::create_dir_all(&cli.out)?;

@@ -116,6 +116,7 @@ pub struct Report {
     memory: Option<(u64, u64, usize, Duration)>,
     cold: Option<Cold>,
     keyvalue: Vec<KvRun>,
+    upgrade: Vec<crate::upgrade::Change>,
 }
 
 /// Increments through the `counter` example on one key-value backend.
@@ -157,6 +158,7 @@ impl Report {
             storm: None,
             memory: None,
             keyvalue: Vec::new(),
+            upgrade: Vec::new(),
             cold: None,
         }
     }
@@ -214,6 +216,10 @@ impl Report {
     }
 
     /// Records one key-value backend's run.
+    pub fn upgrade(&mut self, changes: Vec<crate::upgrade::Change>) {
+        self.upgrade = changes;
+    }
+
     pub fn keyvalue(&mut self, run: KvRun) {
         self.keyvalue.push(run);
     }
@@ -398,6 +404,34 @@ impl Report {
             writeln!(
                 md,
                 "\nEvery increment is one atomic host call; the embedded backend acknowledges only after a durable (fsync'ed) commit, grouping the increments that arrive together into one commit.\n"
+            )?;
+        }
+        if !self.upgrade.is_empty() {
+            writeln!(
+                md,
+                "## Replacing the host binary under load (`hello`, fresh-connection and keep-alive clients)\n"
+            )?;
+            writeln!(
+                md,
+                "| how | change took ms | failed (fresh / keep-alive) | longest wait within 2 s, ms (fresh / keep-alive) | longest wait at rest, ms | answered |\n|---|---:|---:|---:|---:|---:|"
+            )?;
+            for c in &self.upgrade {
+                writeln!(
+                    md,
+                    "| {} | {:.0} | {} / {} | {:.1} / {:.1} | {:.1} | {} |",
+                    c.how,
+                    c.took.as_secs_f64() * 1000.0,
+                    c.errors.0,
+                    c.errors.1,
+                    c.longest_ms.0,
+                    c.longest_ms.1,
+                    c.rest_ms,
+                    c.answered
+                )?;
+            }
+            writeln!(
+                md,
+                "\n`upgrade` is `wasm-host upgrade`; `restart` stops the host with SIGTERM and starts it again on the same address, as `systemctl restart` does. The keep-alive client opens a new connection when the server closed its connection between requests (as pooled clients do); any request sent and not answered 200 counts as failed.\n"
             )?;
         }
         for note in &self.notes {

@@ -60,7 +60,16 @@ pub struct Tools {
 impl Server {
     /// Starts `kind` serving `component` and waits until it accepts.
     pub fn start(kind: &Kind, tools: &Tools, component: &Path) -> Result<Server> {
-        let addr = free_addr()?;
+        Self::start_at(kind, tools, component, free_addr()?)
+    }
+
+    /// Like [`Server::start`], on `addr`.
+    pub fn start_at(
+        kind: &Kind,
+        tools: &Tools,
+        component: &Path,
+        addr: SocketAddr,
+    ) -> Result<Server> {
         let mut control = None;
         let mut cmd = match kind {
             Kind::WasmHost(extra) => {
@@ -149,6 +158,34 @@ impl Server {
             }
             other => bail!("status failed: {other:?}"),
         }
+    }
+
+    /// Asks a `wasm-host` server to upgrade to the binary it runs; returns
+    /// the new process's id.
+    pub fn upgrade(&self) -> Result<u32> {
+        let request = ControlRequest::Upgrade {
+            binary: None,
+            wait_s: None,
+        };
+        match self.ask(&request)? {
+            ControlReply::Upgraded { pid } => Ok(pid),
+            other => bail!("upgrade failed: {other:?}"),
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits (at most `timeout`) for it
+    /// to exit, as `systemctl stop` would.
+    pub fn stop(&mut self, timeout: Duration) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("server did not stop within {timeout:?}")
     }
 
     fn ask(&self, request: &ControlRequest) -> Result<ControlReply> {
