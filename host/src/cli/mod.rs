@@ -214,6 +214,11 @@ struct ServeArgs {
     /// included; see the README for the keys).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = parse_log_format)]
     log_format: LogFormat,
+    /// Log one line per request (app, generation, status, duration, bytes,
+    /// client address, traceparent) in the host's log. With --config, for
+    /// every app (else `access_log` in the file says).
+    #[arg(long)]
+    access_log: bool,
     /// Where the app's wasi:keyvalue buckets live: `embedded` (a
     /// crash-safe file in the data directory), `memory` (gone when the
     /// host stops), or `redis://HOST:PORT` (shared by every host using it;
@@ -475,6 +480,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                 cache_dir: args.cache_dir.clone(),
                 no_cache: args.no_cache,
                 data_dir: args.data_dir.clone(),
+                access_log: args.access_log,
             };
             let config = match (&args.config, args.component) {
                 (Some(file), _) => config::file::load(file, &overrides)?,
@@ -509,6 +515,7 @@ async fn run(command: Command, inherited: Inherited) -> Result<ExitCode> {
                     config_vars: args.config_var,
                     tls_cert: args.tls_cert,
                     tls_key: args.tls_key,
+                    access_log: args.access_log,
                 })?,
                 (None, None) => anyhow::bail!(
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"
