@@ -191,6 +191,10 @@ async fn json_logs_carry_access_lines_client_address_and_trace() {
             "--access-log",
             "--allow-http",
             &upstream,
+            // A reused instance must not carry one request's trace into
+            // the next (the malformed-trace call below checks that).
+            "--reuse-instances",
+            "8",
         ],
     );
 
