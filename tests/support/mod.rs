@@ -230,7 +230,8 @@ impl Host {
             .and_then(|url| url.split_once("://"))
             .map(|(_, rest)| rest)
             .expect("address follows")
-            .split_whitespace()
+            // Text ends the address at a space, a JSON line at its quote.
+            .split(|c: char| c.is_whitespace() || c == '"')
             .next()
             .expect("address")
             .to_string();

@@ -9,7 +9,10 @@
 //! - `POST /count` reads the body piece by piece and answers its size;
 //! - `GET /stream?chunks=N` streams N lines;
 //! - `GET /upstream?url=http://…` answers with what that URL answered
-//!   (the host must allow it with `--allow-http`).
+//!   (the host must allow it with `--allow-http`); with `&traceparent=…`
+//!   the call carries that `traceparent` of its own;
+//! - `GET /header/:name` answers the values of the request header `name`,
+//!   one per line (e.g. the host's `wasm-host-client-addr`).
 use wasm_host_sdk::futures_lite::stream;
 use wasm_host_sdk::{
     Body, BodyExt, Client, Error, Request, RequestExt, Response, Router, StatusCode, http,
@@ -31,6 +34,14 @@ fn routes() -> Router {
         .post("/count", count)
         .get("/stream", stream_lines)
         .get("/upstream", upstream)
+        .get("/header/:name", |req: Request| {
+            let name = req.param("name").unwrap_or_default().to_owned();
+            req.headers()
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| format!("{}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect::<String>()
+        })
 }
 
 async fn count(req: Request) -> Result<String, Error> {
@@ -58,7 +69,11 @@ async fn upstream(req: Request) -> Result<(StatusCode, String), Error> {
     let Some(url) = req.query("url") else {
         return Ok((StatusCode::BAD_REQUEST, "the query needs url=...\n".into()));
     };
-    let call = http::Request::get(url).body(Body::empty())?;
+    let mut call = http::Request::get(url);
+    if let Some(trace) = req.query("traceparent") {
+        call = call.header("traceparent", trace);
+    }
+    let call = call.body(Body::empty())?;
     let mut answer = Client::new().send(call).await?;
     let status = answer.status();
     let text = answer.body_mut().str_contents().await?.to_owned();

@@ -202,6 +202,18 @@ pub struct App {
     started: Instant,
     /// The app's buckets, which every version shares.
     keyvalue: Arc<Keyvalue>,
+    /// Whether the listener logs each request of this app (an access
+    /// line); a config reload switches it without touching the versions.
+    access_log: AtomicBool,
+}
+
+/// The generation that served a request, as an extension of its response,
+/// for the access log. Absent when no version was chosen (the request was
+/// refused at admission).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The version's generation.
+    pub generation: u64,
 }
 
 impl App {
@@ -252,6 +264,7 @@ impl App {
             metrics: Arc::default(),
             started: Instant::now(),
             keyvalue,
+            access_log: AtomicBool::new(false),
         });
         control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
         app.tier_up(&version, bytes);
@@ -261,6 +274,16 @@ impl App {
     /// The app's name.
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// Whether each request of this app is logged as an access line.
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Turns the access log of this app on or off.
+    pub fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
     }
 
     /// The app's key-value state.
@@ -415,7 +438,7 @@ impl App {
             Ok(entered) => entered,
             Err(why) => return request::plain(StatusCode::MISDIRECTED_REQUEST, why),
         };
-        let response = match limits.max_body {
+        let mut response = match limits.max_body {
             None => request::handle(version.clone(), guard, turn, req, limits.hangup_grace).await,
             Some(max) => {
                 // A body without a declared length is cut off where it
@@ -434,6 +457,9 @@ impl App {
         };
         version.counters().record(response.status());
         self.metrics.observe_latency(started.elapsed());
+        response.extensions_mut().insert(ServedBy {
+            generation: version.generation(),
+        });
         response
     }
 

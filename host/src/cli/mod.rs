@@ -25,8 +25,8 @@ use crate::hosting::activation::Inherited;
 use crate::hosting::connection::ConnectionLimits;
 use crate::kv::StoreChoice;
 use crate::oci::Reference;
-use crate::ops::log_format::{EscapedFields, HostFile};
-use crate::ops::logfile::{self, LogSettings};
+use crate::ops::log_format::{self, EscapedFields, HostFile, JsonLines, LogFormat};
+use crate::ops::logfile::{self, ACCESS_TARGET, LogSettings};
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
 /// zero downtime.
@@ -232,6 +232,16 @@ struct ServeArgs {
     /// Rotated log files kept per app.
     #[arg(long, value_name = "N", default_value_t = 5)]
     log_keep: u32,
+    /// How the host writes its log lines on stderr and in host.log:
+    /// `text`, or `json` (one JSON object per line, guest output on stderr
+    /// included; see the README for the keys).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+    /// Log one line per request (app, generation, status, duration, bytes,
+    /// client address, traceparent) in the host's log. With --config, for
+    /// every app (else `access_log` in the file says).
+    #[arg(long)]
+    access_log: bool,
     /// Where the app's wasi:keyvalue buckets live: `embedded` (a
     /// crash-safe file in the data directory), `memory` (gone when the
     /// host stops), or `redis://HOST:PORT` (shared by every host using it;
@@ -253,6 +263,10 @@ struct ServeArgs {
     /// [default: $XDG_DATA_HOME/wasm-host, else ~/.local/share/wasm-host].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
 }
 
 fn parse_store(text: &str) -> Result<StoreChoice, String> {
@@ -442,7 +456,11 @@ struct StatusArgs {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
     crate::control::upgrade::remember_own_binary();
     // Before any thread starts: these read and clear the environment.
     let inherited = Inherited::from_env();
@@ -501,6 +519,7 @@ async fn run(
                 cache_dir: args.cache_dir.clone(),
                 no_cache: args.no_cache,
                 data_dir: args.data_dir.clone(),
+                access_log: args.access_log,
             };
             let config = match (&args.config, args.component) {
                 (Some(file), _) => config::file::load(file, &overrides)?,
@@ -535,6 +554,7 @@ async fn run(
                     config_vars: args.config_var,
                     tls_cert: args.tls_cert,
                     tls_key: args.tls_key,
+                    access_log: args.access_log,
                 })?,
                 (None, None) => anyhow::bail!(
                     "name the app to serve (APP.wasm or a crate directory), or pass --config FILE"
@@ -818,31 +838,61 @@ fn print_status(report: &StatusReport) {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::Directive;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_env("WASM_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    log_format::set_format(format);
+    let asked = std::env::var("WASM_HOST_LOG").ok();
+    let mut filter = asked
+        .as_deref()
+        .and_then(|text| EnvFilter::try_new(text).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // Access lines are only made when the access log was asked for, so they
+    // pass at info whatever the level, unless WASM_HOST_LOG names them.
+    if !asked.as_deref().is_some_and(|a| a.contains(ACCESS_TARGET))
+        && let Ok(access) = format!("{ACCESS_TARGET}=info").parse::<Directive>()
+    {
+        filter = filter.add_directive(access);
+    }
+    let json = format == LogFormat::Json;
     // Field values are escaped so one event is always one line (a file name
     // with a newline must not forge a log line).
-    let stderr = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .fmt_fields(EscapedFields::new());
+    let stderr_text = (!json).then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .fmt_fields(EscapedFields::new())
+    });
     // The same lines in the rotated host.log, once `serve` set up the log
     // directory; the file stamps each line's time itself.
-    let file = fmt::layer()
-        .with_writer(HostFile)
-        .with_ansi(false)
-        .with_target(false)
-        .without_time()
-        .fmt_fields(EscapedFields::new());
+    let file_text = (!json).then(|| {
+        fmt::layer()
+            .with_writer(HostFile::stamped())
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .fmt_fields(EscapedFields::new())
+    });
+    // JSON lines carry their own time and escape everything themselves.
+    let stderr_json = json.then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(JsonLines)
+    });
+    let file_json = json.then(|| {
+        fmt::layer()
+            .with_writer(HostFile::unstamped())
+            .event_format(JsonLines)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(stderr)
-        .with(file)
+        .with(stderr_text)
+        .with(file_text)
+        .with(stderr_json)
+        .with(file_json)
         .with(logfile::AppEvents)
         .init();
 }

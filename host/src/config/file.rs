@@ -54,6 +54,8 @@ pub struct Overrides {
     pub no_cache: bool,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--access-log`: every app logs its requests, whatever the file says.
+    pub access_log: bool,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +68,8 @@ struct FileSpec {
     data_dir: Option<String>,
     tier_up_above: Option<Spanned<String>>,
     watch_config: Option<bool>,
+    /// Whether apps that do not say log one line per request.
+    access_log: Option<bool>,
     #[serde(default, rename = "app")]
     apps: BTreeMap<String, Spanned<AppSpec>>,
 }
@@ -103,6 +107,7 @@ struct AppSpec {
     config: BTreeMap<String, String>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    access_log: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +181,15 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<ServeConf
     let mut apps = Vec::new();
     for (name, app) in entries {
         let defaults = (default_listen, fair_share, data_dir.as_path());
-        if let Some(config) = app_config(name, app, base, defaults, &mut problems) {
+        if let Some(mut config) = app_config(name, app, base, defaults, &mut problems) {
+            // The flag turns it on for every app; else the app's own key,
+            // else the file's.
+            config.access_log = overrides.access_log
+                || app
+                    .get_ref()
+                    .access_log
+                    .or(spec.access_log)
+                    .unwrap_or(false);
             apps.push((app.span().start, config));
         }
     }
@@ -448,6 +461,7 @@ fn app_config(
         oci,
         watch_tag,
         tls,
+        access_log: false,
     })
 }
 

@@ -73,6 +73,10 @@ pub struct AppConfig {
     /// The certificate and key its listeners serve TLS with, if any; every
     /// app on an address must then have one (SNI picks among them).
     pub tls: Option<TlsFiles>,
+    /// Whether each request to the app is logged as an access line
+    /// (`--access-log`, `access_log` in a config file). Switched in place
+    /// when a config reload changes it.
+    pub access_log: bool,
 }
 
 /// Components larger than this go live on quickly compiled code by default.
@@ -131,6 +135,8 @@ pub struct ServeInput {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`: the PEM private key of that certificate.
     pub tls_key: Option<PathBuf>,
+    /// `--access-log`: log one line per request.
+    pub access_log: bool,
 }
 
 impl ServeConfig {
@@ -223,6 +229,7 @@ impl ServeConfig {
             oci,
             watch_tag: input.watch_tag,
             tls,
+            access_log: input.access_log,
         };
         Ok(Self {
             apps: vec![app],

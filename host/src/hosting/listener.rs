@@ -11,14 +11,19 @@
 //! handshake holds a `--max-connections` slot and must end within
 //! `--header-timeout`; ALPN picks h2 or http/1.1, and each request is marked
 //! [`OverTls`] so its guest sees `https`.
+//!
+//! Each request is readied for its app by `access::prepare` (the client's
+//! address, the trace context), and logged by `access` when its app's
+//! access log is on.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http_body_util::BodyExt as _;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::hosting::access::{self, Arrival};
 use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
 use crate::hosting::routes::{self, RouteTable};
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
@@ -64,10 +70,10 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 backoff.reset();
-                stream
+                accepted
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait before the next
@@ -101,8 +107,8 @@ pub async fn run(
             let _slot = slot;
             let _counted = CONNECTIONS.opened();
             match tls {
-                Some(tls) => serve_tls(stream, &tls, table, &builder, &limits, stop).await,
-                None => serve_connection(stream, table, &builder, &limits, stop).await,
+                Some(tls) => serve_tls(stream, peer, &tls, table, &builder, &limits, stop).await,
+                None => serve_connection(stream, peer, table, &builder, &limits, stop).await,
             }
         });
     }
@@ -127,6 +133,7 @@ pub async fn run(
 /// and hyper's own header timeout covers the request head after.
 async fn serve_tls(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: &TlsAcceptor,
     table: Arc<ArcSwap<RouteTable>>,
     builder: &auto::Builder<TokioExecutor>,
@@ -150,13 +157,14 @@ async fn serve_tls(
         },
         _ = stop.cancelled() => return,
     };
-    serve_http(stream, true, table, builder, limits, stop).await;
+    serve_http(stream, peer, true, table, builder, limits, stop).await;
 }
 
 /// Serves one cleartext connection: checks how it opens, then serves HTTP
 /// over it.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     table: Arc<ArcSwap<RouteTable>>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnectionLimits,
@@ -187,14 +195,15 @@ async fn serve_connection(
             return;
         }
     }
-    serve_http(stream, false, table, builder, limits, stop).await;
+    serve_http(stream, peer, false, table, builder, limits, stop).await;
 }
 
-/// Hands a connection to hyper and watches it for idleness and for the
-/// listener's shutdown; with `over_tls`, its requests are marked
-/// [`OverTls`].
+/// Hands a connection from `peer` to hyper and watches it for idleness
+/// and for the listener's shutdown; with `over_tls`, its requests are
+/// marked [`OverTls`].
 async fn serve_http<S>(
     stream: S,
+    peer: SocketAddr,
     over_tls: bool,
     table: Arc<ArcSwap<RouteTable>>,
     builder: &auto::Builder<TokioExecutor>,
@@ -217,7 +226,16 @@ async fn serve_http<S>(
             seen_h2.store(true, Ordering::Relaxed);
         }
         let in_flight = watched.request();
-        let app = table.load().pick(&req).cloned();
+        access::prepare(&mut req, peer);
+        let table = table.load();
+        let app = table.pick(&req).cloned();
+        // A request no app takes is logged if any app on this listener
+        // logs its own.
+        let logged = match &app {
+            Some(app) => app.access_log(),
+            None => table.apps().any(|a| a.access_log()),
+        };
+        let arrival = logged.then(|| Arrival::new(app.as_ref().map(|a| a.name()), &req, peer));
         let stopping = stopping.clone();
         async move {
             let response = match app {
@@ -261,7 +279,11 @@ async fn serve_http<S>(
                 );
             }
             // The connection counts as busy until the answer is sent.
-            Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight).boxed_unsync()))
+            let response = response.map(|body| Held::new(body, in_flight));
+            Ok::<_, Infallible>(match arrival {
+                Some(arrival) => arrival.log(response).map(BodyExt::boxed_unsync),
+                None => response.map(BodyExt::boxed_unsync),
+            })
         }
     });
     let io = TokioIo::new(Watched::new(stream, activity.clone()));

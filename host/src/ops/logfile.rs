@@ -106,9 +106,21 @@ impl AppLog {
 
     /// Appends one line (a newline is added), stamped with the time.
     pub fn line(&self, text: &[u8]) {
+        self.append(text, true);
+    }
+
+    /// Appends one line as it is (a newline is added), without a time
+    /// stamp: for lines that carry their own time, as JSON lines do.
+    pub fn unstamped_line(&self, text: &[u8]) {
+        self.append(text, false);
+    }
+
+    fn append(&self, text: &[u8], stamped: bool) {
         let mut out = Vec::with_capacity(text.len() + 32);
-        out.extend_from_slice(now().as_bytes());
-        out.push(b' ');
+        if stamped {
+            out.extend_from_slice(now().as_bytes());
+            out.push(b' ');
+        }
         out.extend_from_slice(text.strip_suffix(b"\n").unwrap_or(text));
         out.push(b'\n');
         let Ok(mut file) = self.file.lock() else {
@@ -147,13 +159,21 @@ fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// The tracing target of access-log events (one per request, when the
+/// access log is on). The log format tells them apart by it (`"kind":
+/// "access"` in JSON), the log filter lets them through at `info` whatever
+/// `WASM_HOST_LOG` says, and the per-app files leave them out.
+pub const ACCESS_TARGET: &str = "wasm_host::access";
+
 /// A tracing layer that copies every event with an `app` field into that
 /// app's file.
 pub struct AppEvents;
 
 impl<S: Subscriber> Layer<S> for AppEvents {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if FILES.get().is_none() {
+        // Access lines stay out of the per-app files: they are one per
+        // request, and `wasm-host logs` is for guest output and versions.
+        if FILES.get().is_none() || event.metadata().target() == ACCESS_TARGET {
             return;
         }
         let mut fields = Fields::default();

@@ -11,12 +11,17 @@
 //! a handle that is dropped mid-line leaves its bytes for the next handle,
 //! and the line is written once its newline arrives, or when the store
 //! goes away.
+//!
+//! With `--log-format json`, a line goes to stderr as a JSON object
+//! (`"kind":"guest"`, with `app`, `generation` and the line as `message`)
+//! so stderr stays all JSON; the app's file keeps the prefixed text.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::ops::log_format::{self, LogFormat};
 use crate::ops::logfile::{self, AppLog};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -37,15 +42,19 @@ impl GuestLog {
     /// Output prefixed with `[app#generation] `.
     pub fn new(app: &str, generation: u64) -> Self {
         Self::fresh(
-            format!("[{app}#{generation}] ").into(),
+            Origin {
+                app: app.into(),
+                generation,
+                prefix: format!("[{app}#{generation}] ").into(),
+            },
             logfile::for_app(app),
         )
     }
 
-    fn fresh(prefix: Arc<str>, file: Option<Arc<AppLog>>) -> Self {
+    fn fresh(origin: Origin, file: Option<Arc<AppLog>>) -> Self {
         Self {
             sink: Arc::new(Sink {
-                prefix,
+                origin,
                 file,
                 pending: Mutex::new(BytesMut::new()),
             }),
@@ -57,7 +66,7 @@ impl Clone for GuestLog {
     /// Same app, generation and file, with an empty partial line (see the
     /// type's doc: a clone is a new stream).
     fn clone(&self) -> Self {
-        Self::fresh(self.sink.prefix.clone(), self.sink.file.clone())
+        Self::fresh(self.sink.origin.clone(), self.sink.file.clone())
     }
 }
 
@@ -81,23 +90,46 @@ impl StdoutStream for GuestLog {
     }
 }
 
-/// One stream's prefix, file and partial line, shared by its handles.
-struct Sink {
+/// Whose output a stream carries.
+#[derive(Clone)]
+struct Origin {
+    app: Arc<str>,
+    generation: u64,
+    /// `[app#generation] `.
     prefix: Arc<str>,
+}
+
+/// One stream's origin, file and partial line, shared by its handles.
+struct Sink {
+    origin: Origin,
     file: Option<Arc<AppLog>>,
     pending: Mutex<BytesMut>,
 }
 
 impl Sink {
     fn emit(&self, line: &[u8]) {
-        let mut out = Vec::with_capacity(self.prefix.len() + line.len() + 1);
-        out.extend_from_slice(self.prefix.as_bytes());
+        let prefix = &self.origin.prefix;
+        let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
+        out.extend_from_slice(prefix.as_bytes());
         out.extend_from_slice(line);
         if !line.ends_with(b"\n") {
             out.push(b'\n');
         }
         // The host's stderr going away must not fail the guest.
-        let _ = std::io::stderr().lock().write_all(&out);
+        match log_format::format() {
+            LogFormat::Text => {
+                let _ = std::io::stderr().lock().write_all(&out);
+            }
+            LogFormat::Json => {
+                let text = String::from_utf8_lossy(line);
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                let mut json =
+                    log_format::guest_json(&self.origin.app, self.origin.generation, text);
+                json.push('\n');
+                let _ = std::io::stderr().lock().write_all(json.as_bytes());
+            }
+        }
         if let Some(file) = &self.file {
             file.line(&out);
         }

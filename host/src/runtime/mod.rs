@@ -15,5 +15,6 @@ pub mod lifecycle;
 pub mod outgoing;
 pub mod request;
 pub mod state;
+pub mod trace;
 pub mod version;
 pub mod work;

@@ -4,11 +4,17 @@
 //! `--allow-http`; anything else fails with `HTTP-request-denied` as soon as
 //! the guest has written its request, never with a hang. This module
 //! decides and forwards; it does not know which app or version is asking.
+//!
+//! A request the guest sends while serving an incoming request that carried
+//! a well-formed W3C `traceparent` carries it on, so the caller's trace
+//! continues through the guest; a `traceparent` the guest set itself wins.
 
 use std::sync::Arc;
 
 use http::uri::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::runtime::trace::{TRACEPARENT, TraceParent};
 
 /// The set of `host:port` authorities a guest may send requests to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,14 +55,46 @@ const DENIED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 type BoxedIo = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendResult = Result<(http::Response<WasiBody>, BoxedIo), HttpError>;
 
-impl WasiHttpHooks for OutgoingPolicy {
+/// What one store does with its guest's outgoing requests: checks them
+/// against the version's policy and adds the incoming request's trace.
+#[derive(Clone, Debug, Default)]
+pub struct OutgoingHooks {
+    policy: OutgoingPolicy,
+    /// The `traceparent` of the request the store serves now; reset for
+    /// every request, since a reused instance serves several.
+    trace: Option<TraceParent>,
+}
+
+impl OutgoingHooks {
+    /// Hooks checking against `policy`, with no trace yet.
+    pub fn new(policy: OutgoingPolicy) -> Self {
+        Self {
+            policy,
+            trace: None,
+        }
+    }
+
+    /// The trace outgoing requests carry from now on (`None`: none).
+    pub fn set_trace(&mut self, trace: Option<TraceParent>) {
+        self.trace = trace;
+    }
+}
+
+impl WasiHttpHooks for OutgoingHooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: BoxedIo,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        if !self.permits(request.uri()) {
+        if let Some(trace) = &self.trace
+            && !request.headers().contains_key(TRACEPARENT)
+        {
+            request
+                .headers_mut()
+                .insert(TRACEPARENT, trace.header_value().clone());
+        }
+        if !self.policy.permits(request.uri()) {
             tracing::warn!(uri = %request.uri(), "outgoing request denied: not in --allow-http");
             return Box::new(async move {
                 // Take the guest's body to its end first (bounded), so the

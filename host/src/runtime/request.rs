@@ -24,6 +24,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
+use crate::runtime::trace::TraceParent;
 use crate::runtime::version::{Version, Warm};
 use crate::runtime::work::WorkGuard;
 
@@ -71,6 +72,11 @@ where
         Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
         None => (version.new_store(), None, 0),
     };
+    // Set for every request, so a reused instance never carries the trace
+    // of the request before.
+    store
+        .data_mut()
+        .set_trace(req.extensions().get::<TraceParent>().cloned());
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let answered = Arc::new(AtomicU8::new(SILENT));
     let resources = {

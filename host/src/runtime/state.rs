@@ -15,7 +15,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::Keyvalue;
 use crate::kv::guest::KvView;
-use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::outgoing::{OutgoingHooks, OutgoingPolicy};
+use crate::runtime::trace::TraceParent;
 
 /// What every store of one app version reaches beyond WASI: the app's name,
 /// its key-value state (shared by all its versions) and its `wasi:config`
@@ -35,7 +36,7 @@ pub struct HostState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    outgoing: OutgoingPolicy,
+    outgoing: OutgoingHooks,
     generation: u64,
     services: Arc<AppServices>,
     limits: StoreLimits,
@@ -66,11 +67,17 @@ impl HostState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            outgoing,
+            outgoing: OutgoingHooks::new(outgoing),
             generation,
             services,
             limits: StoreLimits::default(),
         }
+    }
+
+    /// The `traceparent` the guest's outgoing requests carry while it
+    /// serves the request at hand (`None`: the request had none).
+    pub fn set_trace(&mut self, trace: Option<TraceParent>) {
+        self.outgoing.set_trace(trace);
     }
 
     /// The generation of the version this store runs.

@@ -244,6 +244,10 @@ impl Supervisor {
                 }
                 (None, Some(mut old)) => {
                     keep_built_path(&old.config, &mut config);
+                    // The access log is switched in place: neither a
+                    // reload nor a restart.
+                    old.app.set_access_log(config.access_log);
+                    old.config.access_log = config.access_log;
                     if old.config == config {
                         applied.unchanged.push(name.clone());
                     } else {
@@ -399,6 +403,7 @@ impl Supervisor {
             app.shutdown().await;
             return Err(e);
         }
+        app.set_access_log(config.access_log);
         Ok(Running {
             app,
             config,
@@ -511,12 +516,14 @@ impl Supervisor {
     }
 }
 
-/// Whether two configs of an app differ at most in the component path, so
-/// a reload (not a restart) brings the app up to date.
+/// Whether two configs of an app differ at most in the component path (and
+/// the access log, which is switched in place), so a reload (not a
+/// restart) brings the app up to date.
 fn same_except_path(old: &AppConfig, new: &AppConfig) -> bool {
     let mut new = new.clone();
     new.settings.path = old.settings.path.clone();
     new.oci = old.oci.clone();
+    new.access_log = old.access_log;
     *old == new
 }
 
