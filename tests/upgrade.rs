@@ -62,6 +62,36 @@ allow_http = ["127.0.0.1:{notify_port}"]
     file
 }
 
+/// A keep-alive client connection, HTTP/1.1 or HTTP/2.
+enum Conn {
+    H1(H1),
+    H2(H2),
+}
+
+impl Conn {
+    async fn open(addr: &str, http2: bool) -> Result<Conn, String> {
+        Ok(if http2 {
+            Conn::H2(H2::connect(addr).await?)
+        } else {
+            Conn::H1(H1::connect(addr).await?)
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::H1(c) => c.is_open(),
+            Conn::H2(c) => c.is_open(),
+        }
+    }
+
+    async fn try_get(&mut self, path: &str) -> Option<Result<support::Answer, String>> {
+        match self {
+            Conn::H1(c) => c.try_get(path).await,
+            Conn::H2(c) => c.try_get(path).await,
+        }
+    }
+}
+
 /// What the load clients saw.
 #[derive(Default)]
 struct Tally {
@@ -104,33 +134,33 @@ fn start_load(
             .push(format!("{what}: {} {}", a.status, a.body)),
         Err(e) => tally.failed.lock().unwrap().push(format!("{what}: {e}")),
     };
-    for _ in 0..3 {
-        let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn: Option<H1> = None;
-            while !done(&stop) {
-                let c = match conn.as_mut() {
-                    Some(c) if c.is_open() => c,
-                    _ => match H1::connect(&addr).await {
-                        Ok(c) => conn.insert(c),
-                        Err(e) => {
-                            tally
-                                .failed
-                                .lock()
-                                .unwrap()
-                                .push(format!("keep-alive connect: {e}"));
-                            continue;
-                        }
-                    },
-                };
-                match c.try_get("/").await {
-                    // Closed by the server before this request was sent:
-                    // not a failure, a reconnect.
-                    None => conn = None,
-                    Some(answer) => check(&tally, "keep-alive", answer),
+    for (clients, http2) in [(3, false), (2, true)] {
+        for _ in 0..clients {
+            let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
+            let what = if http2 { "h2" } else { "keep-alive" };
+            tasks.push(tokio::spawn(async move {
+                let mut conn: Option<Conn> = None;
+                while !done(&stop) {
+                    let c = match conn.as_mut() {
+                        Some(c) if c.is_open() => c,
+                        _ => match Conn::open(&addr, http2).await {
+                            Ok(c) => conn.insert(c),
+                            Err(e) => {
+                                let failure = format!("{what} connect: {e}");
+                                tally.failed.lock().unwrap().push(failure);
+                                continue;
+                            }
+                        },
+                    };
+                    match c.try_get("/").await {
+                        // Closed by the server before this request was
+                        // sent: not a failure, a reconnect.
+                        None => conn = None,
+                        Some(answer) => check(&tally, what, answer),
+                    }
                 }
-            }
-        }));
+            }));
+        }
     }
     for _ in 0..2 {
         let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
@@ -142,32 +172,6 @@ fn start_load(
                 let phase = tally.phase.load(Ordering::Relaxed);
                 tally.longest_fresh_us[phase].fetch_max(took, Ordering::Relaxed);
                 check(&tally, "fresh", answer);
-            }
-        }));
-    }
-    for _ in 0..2 {
-        let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn: Option<H2> = None;
-            while !done(&stop) {
-                let c = match conn.as_mut() {
-                    Some(c) if c.is_open() => c,
-                    _ => match H2::connect(&addr).await {
-                        Ok(c) => conn.insert(c),
-                        Err(e) => {
-                            tally
-                                .failed
-                                .lock()
-                                .unwrap()
-                                .push(format!("h2 connect: {e}"));
-                            continue;
-                        }
-                    },
-                };
-                match c.try_get("/").await {
-                    None => conn = None,
-                    Some(answer) => check(&tally, "h2", answer),
-                }
             }
         }));
     }
