@@ -54,6 +54,11 @@ pub fn measure(
             keep_alive,
             stop: None,
         };
+        // Past the first compile and tier-up, so the rest measured is rest.
+        load::run(&LoadSpec {
+            duration: Duration::from_secs(2),
+            ..spec(true)
+        })?;
         let (fresh, keep) = (spec(false), spec(true));
         let fresh = std::thread::spawn(move || load::run(&fresh));
         let keep = std::thread::spawn(move || load::run(&keep));
