@@ -430,6 +430,7 @@ pub(super) async fn load_version(
                 compile_ms = version.compile_time().as_millis() as u64,
                 cached = version.was_cached(),
                 code = version.tier(),
+                world = version.world().name(),
                 "version loaded"
             );
             Ok(version)

@@ -97,6 +97,7 @@ fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
                     generation: v.generation(),
                     state: v.state().name(),
                     digest: v.digest().short(),
+                    world: v.world().name(),
                     in_flight: v.work().running(),
                     counters: v.counters(),
                 })

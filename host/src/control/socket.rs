@@ -243,6 +243,9 @@ pub struct VersionStatus {
     /// takes over).
     #[serde(default)]
     pub tier: String,
+    /// The WASI world it serves: `0.2` or `0.3`.
+    #[serde(default)]
+    pub world: String,
     /// The component file its code was loaded from (for a rolled-back
     /// generation, that of the generation it revives).
     #[serde(default)]
@@ -587,6 +590,7 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             uptime_s: v.uptime().as_secs(),
             code_bytes: v.code_bytes(),
             tier: v.tier().to_string(),
+            world: v.world().name().to_string(),
             path: app.source_of(v.generation()),
             source: app
                 .source_of(v.generation())

@@ -15,13 +15,13 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     Strategy,
 };
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::ops::metrics::PoolView;
 use crate::runtime::code_cache::CodeCache;
 use crate::runtime::cpu::{self, Urgency};
 use crate::runtime::digest::Digest;
 use crate::runtime::state::HostState;
+use crate::runtime::world::Linked;
 
 /// How often the engine's epoch advances. Every running guest yields to the
 /// async executor at each tick, which is what lets a timeout or a forced
@@ -61,7 +61,7 @@ impl Default for EngineSettings {
 const MEMORY_CACHE_ENTRIES: usize = 4;
 
 /// A linked component and the digest of the bytes it came from.
-type Linked = (Digest, ProxyPre<HostState>);
+type Remembered = (Digest, Linked);
 
 /// The engine, its linker, and the ticker that drives epoch interruption.
 #[derive(Clone)]
@@ -70,7 +70,7 @@ pub struct Runtime {
     baseline: Option<Tier>,
     baseline_above: Option<usize>,
     /// Most recently used first.
-    linked: Arc<Mutex<Vec<Linked>>>,
+    linked: Arc<Mutex<Vec<Remembered>>>,
     /// Optimized code on disk; `None` without a cache.
     code: Option<CodeCache>,
 }
@@ -94,7 +94,8 @@ impl Runtime {
 
     /// Builds the engines (pooling allocator, epoch interruption; Cranelift,
     /// plus Winch for quick first code) and their linkers holding all of
-    /// WASI 0.2 plus wasi:http, then starts the epoch tickers.
+    /// WASI 0.2 and 0.3 plus wasi:http of both, then starts the epoch
+    /// tickers.
     pub fn new(settings: &EngineSettings) -> Result<Self> {
         let engines = if settings.baseline_above.is_some() {
             2
@@ -149,7 +150,7 @@ impl Runtime {
     }
 
     /// The linked component for `digest`, if one was remembered recently.
-    pub fn recall(&self, digest: Digest) -> Option<ProxyPre<HostState>> {
+    pub fn recall(&self, digest: Digest) -> Option<Linked> {
         let mut linked = self.linked.lock().ok()?;
         let at = linked.iter().position(|(d, _)| *d == digest)?;
         let entry = linked.remove(at);
@@ -160,7 +161,7 @@ impl Runtime {
 
     /// Remembers a linked component, forgetting the least recently used one
     /// beyond [`MEMORY_CACHE_ENTRIES`].
-    pub fn remember(&self, digest: Digest, pre: &ProxyPre<HostState>) {
+    pub fn remember(&self, digest: Digest, pre: &Linked) {
         if let Ok(mut linked) = self.linked.lock() {
             linked.retain(|(d, _)| *d != digest);
             linked.insert(0, (digest, pre.clone()));
@@ -248,6 +249,9 @@ impl Tier {
         config
             .strategy(strategy)
             .wasm_component_model(true)
+            // WASI 0.3 components use the component model's async ABI
+            // (streams, futures, async exports).
+            .wasm_component_model_async(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if matches!(strategy, Strategy::Winch) {
@@ -269,6 +273,15 @@ impl Tier {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasi:http")?;
+        // And all of WASI 0.3 wasmtime provides (cli, clocks, filesystem,
+        // random, sockets, http), under the same per-store WasiCtx and
+        // outgoing-HTTP policy: the sandbox is one, whatever the world.
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link WASI 0.3")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasi:http 0.3")?;
         crate::runtime::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
