@@ -530,3 +530,56 @@ async fn the_drain_deadline_ends_an_old_instance_and_counts_it() {
         "hello v2 from 0.3\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_keyvalue_and_config_work_for_03_guests() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("hello-p3.wasm");
+    write_version(&v1, "hello-p3", "v1");
+    let host = Host::start(&v1, &["--no-watch", "--config-var", "greeting=hi"]);
+
+    assert_eq!(get(&host.addr, "/greeting").await.unwrap().body, "hi\n");
+    assert_eq!(
+        get(&host.addr, "/generation").await.unwrap().body,
+        "generation 1\n"
+    );
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "2\n");
+
+    // init refusing keeps v1 serving, with the guest's reason.
+    let bad = dir.path().join("bad.wasm");
+    write_version(&bad, "hello-p3", "bad");
+    let out = host.reload(Some(&bad));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("bad refuses to start"),
+        "{stderr}"
+    );
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body,
+        "hello v1 from 0.3\n"
+    );
+
+    // A good version: the count carries on, v1 hears drain exactly once,
+    // before it retires.
+    let v2 = dir.path().join("hello-p3-2.wasm");
+    write_version(&v2, "hello-p3", "v2");
+    host.reload_ok(&v2);
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "3\n");
+    assert_eq!(
+        get(&host.addr, "/generation").await.unwrap().body,
+        "generation 2\n"
+    );
+    let (goodbye_at, _) = host
+        .wait_log_where(Duration::from_secs(5), |l| {
+            l.contains("drain: generation 1 of hello-p3 says goodbye")
+        })
+        .expect("v1's drain hook ran");
+    let (retired_at, _) = host
+        .wait_log_where(Duration::from_secs(5), |l| {
+            l.contains("version retired") && l.contains("generation=1")
+        })
+        .expect("v1 retired");
+    assert!(goodbye_at <= retired_at);
+    assert_eq!(host.log_lines(&["drain: generation 1"]).len(), 1);
+}

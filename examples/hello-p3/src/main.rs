@@ -12,7 +12,14 @@
 //!   apart (default 100);
 //! - `GET /trap?ms=N`: traps after N ms (default 0), ending its instance;
 //! - `GET /loop`: spins forever without yielding;
-//! - `GET /instance`: the instance's id and how many requests it took.
+//! - `GET /instance`: the instance's id and how many requests it took;
+//! - `GET /count`: counts a visit in the host's key-value store
+//!   (`wasi:keyvalue`, shared by every instance and version);
+//! - `GET /greeting`: the app's `greeting` value (`wasi:config`);
+//! - `GET /generation`: the generation the host gave this version.
+//!
+//! It also exports the host's lifecycle hooks: `init` refuses a version
+//! stamped `bad`, and `drain` says goodbye in the log.
 //!
 //! State in statics (the instance id, the count) is shared by every request
 //! running on the same instance, and gone with the instance.
@@ -26,6 +33,40 @@ use wasip3::{wit_future, wit_stream};
 wasip3::http::service::export!(App);
 
 struct App;
+
+/// The host's own interfaces (wit/app.wit): key-value state, `wasi:config`,
+/// what a version knows about itself, and the lifecycle hooks.
+mod host {
+    wasip3::wit_bindgen::generate!({
+        path: "../../wit",
+        world: "wasm-host:app/hooks",
+        runtime_path: "wasip3::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+use host::exports::wasm_host::app::lifecycle;
+use host::wasi::keyvalue::{atomics, store};
+use host::wasm_host::app::info;
+
+impl lifecycle::Guest for App {
+    fn init() -> Result<(), String> {
+        match stamp::version() {
+            "bad" => Err("bad refuses to start".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn drain() {
+        eprintln!(
+            "drain: generation {} of {} says goodbye",
+            info::generation(),
+            info::app_name()
+        );
+    }
+}
+
+host::export!(App with_types_in host);
 
 /// Requests this instance has taken.
 static TAKEN: AtomicU64 = AtomicU64::new(0);
@@ -82,10 +123,26 @@ impl wasip3::exports::http::handler::Guest for App {
                     TAKEN.load(Ordering::Relaxed)
                 ),
             ),
+            "/count" => match count() {
+                Ok(n) => text(200, format!("{n}\n")),
+                Err(e) => text(500, format!("{e}\n")),
+            },
+            "/greeting" => match host::wasi::config::store::get("greeting") {
+                Ok(Some(greeting)) => text(200, format!("{greeting}\n")),
+                Ok(None) => text(404, "no greeting configured\n".into()),
+                Err(e) => text(500, format!("{e:?}\n")),
+            },
+            "/generation" => text(200, format!("generation {}\n", info::generation())),
             _ => text(404, format!("no route for {path}\n")),
         };
         Ok(answer)
     }
+}
+
+/// One more visit, counted in the host's key-value store.
+fn count() -> Result<u64, String> {
+    let bucket = store::open("default").map_err(|e| format!("{e:?}"))?;
+    atomics::increment(&bucket, "hits", 1).map_err(|e| format!("{e:?}"))
 }
 
 /// A random id for this instance, made on first use.
