@@ -102,6 +102,12 @@ async fn serves_a_wasi_03_component_and_shows_its_world() {
                 && l.contains(r#"world="0.3""#)),
         "{info}"
     );
+    let alive = metric(
+        &admin,
+        r#"wasm_host_instances_alive{app="hello-p3",generation="1"}"#,
+    )
+    .await;
+    assert!(alive.is_some_and(|n| n >= 1.0), "{alive:?}");
     // Sequential requests share instances: far fewer than requests.
     let made = metric(
         &admin,
@@ -281,10 +287,9 @@ async fn eight_slow_requests_on_one_instance_finish_on_the_old_version() {
     // All eight are running (each counts, and so does their instance).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let before = host.status_json();
-    let running = before["apps"][0]["versions"][0]["in_flight"]
-        .as_u64()
-        .unwrap();
-    assert!(running >= 9, "{before}");
+    let live = &before["apps"][0]["versions"][0];
+    assert_eq!(live["in_flight"], 8, "{before}");
+    assert_eq!(live["instances"], 1, "{before}");
     host.reload_ok(&v2);
 
     // New requests answer from v2 while v1 works on the eight.

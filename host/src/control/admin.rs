@@ -98,6 +98,7 @@ fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
                     state: v.state().name(),
                     digest: v.digest().short(),
                     world: v.world().name(),
+                    instances: v.instances_alive(),
                     in_flight: v.work().running(),
                     counters: v.counters(),
                 })

@@ -246,6 +246,10 @@ pub struct VersionStatus {
     /// The WASI world it serves: `0.2` or `0.3`.
     #[serde(default)]
     pub world: String,
+    /// WASI 0.3 instances alive (each may still run work after its
+    /// responses); 0 for 0.2.
+    #[serde(default)]
+    pub instances: usize,
     /// The component file its code was loaded from (for a rolled-back
     /// generation, that of the generation it revives).
     #[serde(default)]
@@ -591,6 +595,7 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             code_bytes: v.code_bytes(),
             tier: v.tier().to_string(),
             world: v.world().name().to_string(),
+            instances: v.instances_alive(),
             path: app.source_of(v.generation()),
             source: app
                 .source_of(v.generation())

@@ -262,6 +262,8 @@ pub struct VersionView<'a> {
     pub digest: String,
     /// The WASI world it serves: `0.2` or `0.3`.
     pub world: &'static str,
+    /// Its 0.3 instances alive now.
+    pub instances: usize,
     /// Requests and background work running now.
     pub in_flight: usize,
     /// Its counters.
@@ -356,6 +358,19 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
             "wasm_host_instances_total{{app=\"{app}\",generation=\"{}\"}} {}",
             v.generation,
             v.counters.instances()
+        );
+    }
+    family(
+        &mut out,
+        "wasm_host_instances_alive",
+        "gauge",
+        "WASI 0.3 instances alive now, by version (idle ones included, and ones finishing work after their responses).",
+    );
+    for (app, v) in each_version(apps).filter(|(_, v)| v.world == "0.3") {
+        let _ = writeln!(
+            out,
+            "wasm_host_instances_alive{{app=\"{app}\",generation=\"{}\"}} {}",
+            v.generation, v.instances
         );
     }
     family(
@@ -630,6 +645,7 @@ mod tests {
             state: "live",
             digest: "abc".into(),
             world: "0.3",
+            instances: 1,
             in_flight: 1,
             counters: &counters,
         }];

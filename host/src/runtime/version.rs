@@ -153,7 +153,11 @@ pub struct Version {
     settings: VersionSettings,
     stores: Arc<Stores>,
     state: AtomicU8,
+    /// Requests in flight, and the work a 0.2 guest does after its answer.
     work: Arc<WorkCounter>,
+    /// 0.3 instances alive: each holds the work its guest does after its
+    /// responses, which the host cannot see task by task.
+    alive: Arc<WorkCounter>,
     /// Cancelled by the drain deadline: every guest still running stops.
     cancel: CancellationToken,
     /// Cancelled when the version stops taking requests, so idle 0.3
@@ -272,6 +276,7 @@ impl Version {
             stores,
             state: AtomicU8::new(State::Loading as u8),
             work: Arc::new(WorkCounter::default()),
+            alive: Arc::new(WorkCounter::default()),
             cancel: CancellationToken::new(),
             retiring: CancellationToken::new(),
             served: AtomicU64::new(0),
@@ -292,7 +297,7 @@ impl Version {
         Some(ProxyHandler::new(Pool {
             stores: self.stores.clone(),
             pre: pre.clone(),
-            work: self.work.clone(),
+            alive: self.alive.clone(),
             forced: self.cancel.clone(),
             retiring: self.retiring.clone(),
             counters: self.counters.clone(),
@@ -444,9 +449,29 @@ impl Version {
         self.settings.request_timeout
     }
 
-    /// The counter of this version's live work.
+    /// The counter of this version's requests in flight (and a 0.2
+    /// guest's work after its answer).
     pub fn work(&self) -> &Arc<WorkCounter> {
         &self.work
+    }
+
+    /// 0.3 instances alive now (0 for a 0.2 version).
+    pub fn instances_alive(&self) -> usize {
+        self.alive.running()
+    }
+
+    /// Everything the version still runs: requests, and its 0.3 instances
+    /// (which hold the work after their responses).
+    pub fn running(&self) -> usize {
+        self.work.running() + self.alive.running()
+    }
+
+    /// Waits until the version runs nothing (see [`Version::running`]), or
+    /// until `deadline`; returns whether it got there. Requests first: a
+    /// 0.3 instance ends only after its last request, and a version that
+    /// takes no requests gets no new instance once none is in flight.
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        self.work.wait_idle(deadline).await && self.alive.wait_idle(deadline).await
     }
 
     /// Cancelled when a drain gives up waiting: running guests stop.

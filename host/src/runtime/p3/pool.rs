@@ -36,8 +36,9 @@ pub(crate) struct Pool {
     pub stores: Arc<Stores>,
     /// The linked component.
     pub pre: ServicePre<HostState>,
-    /// The version's work: each instance counts as one piece while it lives.
-    pub work: Arc<WorkCounter>,
+    /// The version's instances alive: each counts from before it is made
+    /// until it is dropped.
+    pub alive: Arc<WorkCounter>,
     /// Cancelled by the drain deadline: every instance ends now.
     pub forced: CancellationToken,
     /// Cancelled when the version stops taking requests: idle instances go.
@@ -72,7 +73,7 @@ impl HandlerState for Pool {
     async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiry, Worker>> {
         // Counted from before the instance exists, so a drain that looks
         // while it is being made waits for it.
-        let counted = self.work.enter();
+        let counted = self.alive.enter();
         let mut store = self.stores.new_store();
         let made =
             tokio::time::timeout(self.request_timeout, self.pre.instantiate_async(&mut store))
@@ -177,7 +178,8 @@ pub(crate) struct Worker {
     fate: Arc<Fate>,
     counters: Arc<VersionCounters>,
     generation: u64,
-    /// The instance's share of its version's work, released with it.
+    /// The instance's place in its version's count of instances alive,
+    /// released with it.
     _counted: WorkGuard,
 }
 
