@@ -194,7 +194,7 @@ impl Version {
         // Optimized code linked recently wins over compiling anything.
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
-        let tier = runtime.tier(baseline && !cached);
+        let tier = runtime.tier(baseline && !cached, World::engine_for(&bytes));
         let linked = match recalled {
             Some(linked) => linked,
             None => {
@@ -551,7 +551,7 @@ async fn link(
     let compiler = tier.clone();
     // Baseline code lives for seconds: not worth a disk write.
     let disk = runtime
-        .code_cache()
+        .code_cache(tier.world())
         .filter(|_| !tier.is_baseline())
         .cloned();
     let component = crate::runtime::engine::in_background(move || {
@@ -571,6 +571,16 @@ async fn link(
     .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
     .map_err(|e: wasmtime::Error| LoadError::Invalid(format!("{e:#}")))?;
     let world = World::of(tier.engine(), &component).map_err(LoadError::NoHandler)?;
+    if world != tier.world() {
+        // The bytes said one world and the compiled component another:
+        // only a parser disagreement gets here; refuse rather than run it
+        // on an engine that cannot.
+        return Err(LoadError::Link(format!(
+            "the component exports a WASI {} handler but was read as {}",
+            world.name(),
+            tier.world().name()
+        )));
+    }
     let instance_pre = tier
         .linker()
         .instantiate_pre(&component)

@@ -54,6 +54,40 @@ impl World {
         found
     }
 
+    /// The world a component's bytes declare by their top-level exports,
+    /// read without compiling (a linear scan of the sections), or `None`
+    /// if it exports neither handler or cannot be parsed.
+    pub fn of_bytes(bytes: &[u8]) -> Option<World> {
+        use wasmparser::{Parser, Payload};
+        let mut names = Vec::new();
+        // Nested modules and components come with their own sections and
+        // end; only the outermost component's exports count.
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            match payload.ok()? {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) if depth == 0 => break,
+                Payload::End(_) => depth -= 1,
+                Payload::ComponentExportSection(exports) if depth == 0 => {
+                    for export in exports {
+                        names.push(export.ok()?.name.name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        World::of_exports(names)
+    }
+
+    /// The world whose engine should compile `bytes`: the world they
+    /// declare, else 0.3's engine, which accepts every component-model
+    /// feature, so a component of neither world is refused for what it
+    /// lacks (the handler) rather than for an async type the 0.2 engine
+    /// does not take.
+    pub fn engine_for(bytes: &[u8]) -> World {
+        World::of_bytes(bytes).unwrap_or(World::P3)
+    }
+
     /// The world of `component`, or the list of what it exports instead
     /// (for the refusal).
     pub fn of(engine: &Engine, component: &Component) -> Result<World, String> {
