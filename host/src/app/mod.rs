@@ -573,7 +573,7 @@ impl App {
         if let Some(run) = old.drain_hook().filter(|_| hook) {
             self.drains.spawn(run);
         }
-        let in_flight = old.work().running();
+        let in_flight = old.running();
         tracing::info!(app = %self.settings.name, generation = old.generation(), in_flight, "version draining");
         if let Ok(mut draining) = self.draining.lock() {
             draining.push(old.clone());
@@ -587,14 +587,13 @@ impl App {
             let served_before = old.served();
             let mut forced = 0;
             let deadline = crate::runtime::work::deadline_after(started, drain_timeout);
-            if !old.work().wait_idle(deadline).await {
-                forced = old.work().running();
+            if !old.wait_idle(deadline).await {
+                forced = old.running();
                 tracing::warn!(app = %name, generation = old.generation(), forced, "drain deadline passed; ending remaining work");
                 old.force_end();
                 // Forced guests stop at their next epoch tick; this bound
                 // only guards against a host bug keeping a guard alive.
-                old.work()
-                    .wait_idle(tokio::time::Instant::now() + Duration::from_secs(5))
+                old.wait_idle(tokio::time::Instant::now() + Duration::from_secs(5))
                     .await;
             }
             old.set_state(State::Retired);

@@ -20,6 +20,7 @@ use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
 use crate::runtime::version::{State, Version};
+use crate::runtime::world::World;
 
 /// How often a canary's counters are sampled for its automatic abort.
 const ABORT_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -410,7 +411,8 @@ pub(super) async fn load_version(
     // Large components start on quickly compiled code (unless optimized
     // code for them is at hand already: on disk, or linked in memory, which
     // `Version::load` prefers).
-    let baseline = runtime.wants_baseline(bytes.len(), digest);
+    let world = World::engine_for(&bytes);
+    let baseline = runtime.wants_baseline(bytes.len(), digest, world);
     let loaded = Version::load(
         runtime,
         bytes,
@@ -430,6 +432,7 @@ pub(super) async fn load_version(
                 compile_ms = version.compile_time().as_millis() as u64,
                 cached = version.was_cached(),
                 code = version.tier(),
+                world = version.world().name(),
                 "version loaded"
             );
             Ok(version)

@@ -107,7 +107,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "instance_concurrency", "instance_uses", "instance_idle", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -170,6 +170,19 @@ struct ServeArgs {
     /// instances never cross versions.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     reuse_instances: u32,
+    /// WASI 0.3 apps: requests one instance may run at once (it takes a
+    /// second only while the first waits, and never past the guest's
+    /// backpressure).
+    #[arg(long, value_name = "N", default_value_t = crate::runtime::p3::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    instance_concurrency: u32,
+    /// WASI 0.3 apps: requests one instance serves in all before it is
+    /// replaced by a fresh one.
+    #[arg(long, value_name = "N", default_value_t = crate::runtime::p3::DEFAULT_USES, value_parser = clap::value_parser!(u32).range(1..))]
+    instance_uses: u32,
+    /// WASI 0.3 apps: how long an idle instance is kept for the next
+    /// request.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    instance_idle: Duration,
     /// Components larger than SIZE go live on quickly compiled (Winch) code
     /// and switch to optimized (Cranelift) code, compiled in the background,
     /// once it is ready; 0 does this for every component [default: 1MiB,
@@ -539,6 +552,11 @@ async fn run(
                     cache_dir: args.cache_dir,
                     no_cache: args.no_cache,
                     reuse_instances: args.reuse_instances,
+                    p3: crate::runtime::p3::P3Settings {
+                        concurrency: args.instance_concurrency,
+                        uses: args.instance_uses,
+                        idle: args.instance_idle,
+                    },
                     tier_up_above: args.tier_up_above,
                     no_tier_up: args.no_tier_up,
                     limits: Limits {
@@ -812,8 +830,8 @@ fn print_status(report: &StatusReport) {
             println!("key-value store: {}", app.keyvalue);
         }
         println!(
-            "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>9}  {:<9}  from",
-            "gen", "digest", "state", "in-flight", "served", "up", "code", "tier"
+            "{:>4}  {:<12}  {:<9}  {:<5}  {:>9}  {:>9}  {:>8}  {:>9}  {:<9}  from",
+            "gen", "digest", "state", "world", "in-flight", "served", "up", "code", "tier"
         );
         for v in &app.versions {
             // Where the code came from: the pull's reference, else the file.
@@ -823,10 +841,11 @@ fn print_status(report: &StatusReport) {
                 (None, None) => String::new(),
             };
             println!(
-                "{:>4}  {:<12}  {:<9}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi  {:<9}  {}",
+                "{:>4}  {:<12}  {:<9}  {:<5}  {:>9}  {:>9}  {:>8}  {:>7.1}Mi  {:<9}  {}",
                 v.generation,
                 &v.digest[..12.min(v.digest.len())],
                 v.state,
+                v.world,
                 v.in_flight,
                 v.served,
                 humantime::format_duration(Duration::from_secs(v.uptime_s)).to_string(),

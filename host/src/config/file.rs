@@ -31,6 +31,7 @@ use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::oci::Reference;
 use crate::runtime::engine::EngineSettings;
 use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::p3::P3Settings;
 use crate::runtime::version::VersionSettings;
 
 /// Per-instance memory when an app names none.
@@ -100,6 +101,9 @@ struct AppSpec {
     watch: Option<bool>,
     watch_tag: Option<Spanned<String>>,
     reuse_instances: Option<Spanned<u32>>,
+    instance_concurrency: Option<Spanned<u32>>,
+    instance_uses: Option<Spanned<u32>>,
+    instance_idle: Option<Spanned<String>>,
     keyvalue: Option<Spanned<String>>,
     #[serde(default)]
     shared_buckets: Vec<Spanned<String>>,
@@ -378,6 +382,19 @@ fn app_config(
         }),
         None => Some(1),
     };
+    let p3_defaults = P3Settings::default();
+    let at_least_one =
+        |problems: &mut Problems<'_>, value: &Option<Spanned<u32>>, default| match value {
+            Some(n) => problems.check(n, |&n| match n {
+                0 => Err("must be at least 1".into()),
+                n => Ok(n),
+            }),
+            None => Some(default),
+        };
+    let instance_concurrency =
+        at_least_one(problems, &app.instance_concurrency, p3_defaults.concurrency);
+    let instance_uses = at_least_one(problems, &app.instance_uses, p3_defaults.uses);
+    let instance_idle = duration(problems, &app.instance_idle, p3_defaults.idle);
     let store = match &app.keyvalue {
         Some(text) => problems.check(text, |s| s.parse::<StoreChoice>()),
         None => Some(StoreChoice::default()),
@@ -432,6 +449,11 @@ fn app_config(
                 request_timeout: request_timeout?,
                 outgoing: OutgoingPolicy::new(&allow_http),
                 reuse: reuse?,
+                p3: P3Settings {
+                    concurrency: instance_concurrency?,
+                    uses: instance_uses?,
+                    idle: instance_idle?,
+                },
                 env: app.env.clone().into_iter().collect(),
                 dirs: dirs.into(),
                 max_memory: max_memory?,

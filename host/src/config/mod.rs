@@ -25,6 +25,7 @@ use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::oci::Reference;
 use crate::runtime::engine::EngineSettings;
 use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::p3::P3Settings;
 use crate::runtime::version::VersionSettings;
 
 /// Default listen address.
@@ -116,6 +117,8 @@ pub struct ServeInput {
     pub no_cache: bool,
     /// Requests one instance may serve in sequence (1: fresh per request).
     pub reuse_instances: u32,
+    /// How 0.3 instances are shared between requests.
+    pub p3: P3Settings,
     /// Components larger than this start on quickly compiled code; `None`
     /// picks the default (1 MiB, or 0 when serving a crate).
     pub tier_up_above: Option<usize>,
@@ -206,6 +209,7 @@ impl ServeConfig {
                     request_timeout: input.request_timeout,
                     outgoing: OutgoingPolicy::new(&input.allow_http),
                     reuse: input.reuse_instances.max(1),
+                    p3: input.p3,
                     env: input.env.into(),
                     dirs: Arc::default(),
                     max_memory: None,

@@ -97,6 +97,8 @@ fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
                     generation: v.generation(),
                     state: v.state().name(),
                     digest: v.digest().short(),
+                    world: v.world().name(),
+                    instances: v.instances_alive(),
                     in_flight: v.work().running(),
                     counters: v.counters(),
                 })

@@ -259,6 +259,13 @@ pub struct VersionStatus {
     /// takes over).
     #[serde(default)]
     pub tier: String,
+    /// The WASI world it serves: `0.2` or `0.3`.
+    #[serde(default)]
+    pub world: String,
+    /// WASI 0.3 instances alive (each may still run work after its
+    /// responses); 0 for 0.2.
+    #[serde(default)]
+    pub instances: usize,
     /// The component file its code was loaded from (for a rolled-back
     /// generation, that of the generation it revives).
     #[serde(default)]
@@ -663,6 +670,8 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             uptime_s: v.uptime().as_secs(),
             code_bytes: v.code_bytes(),
             tier: v.tier().to_string(),
+            world: v.world().name().to_string(),
+            instances: v.instances_alive(),
             path: app.source_of(v.generation()),
             source: app
                 .source_of(v.generation())

@@ -94,14 +94,56 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Counters of one version: its responses by status class.
+/// Why a 0.3 instance was ended before its work was done, as metrics name
+/// it; anything else counts as a trap.
+const INSTANCE_ENDS: [&str; 3] = ["trap", "timeout", "drain_deadline"];
+
+/// Counters of one version: its responses by status class, and for a 0.3
+/// version its instances.
 #[derive(Debug, Default)]
 pub struct VersionCounters {
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     classes: [AtomicU64; 5],
+    /// 0.3 instances made.
+    instances: AtomicU64,
+    /// 0.3 instances ended early, by [`INSTANCE_ENDS`].
+    ended: [AtomicU64; INSTANCE_ENDS.len()],
+    /// Requests that failed because their 0.3 instance was ended under
+    /// them (by their own trap or timeout, or another request's).
+    poisoned: AtomicU64,
 }
 
 impl VersionCounters {
+    /// Counts one 0.3 instance made.
+    pub fn instance_started(&self) {
+        self.instances.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one 0.3 instance ended early, for `reason` (`trap`,
+    /// `timeout` or `drain_deadline`).
+    pub fn instance_ended(&self, reason: &str) {
+        let at = INSTANCE_ENDS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.ended[at].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one request failed by the end of its 0.3 instance.
+    pub fn poisoned_request(&self) {
+        self.poisoned.fetch_add(1, Relaxed);
+    }
+
+    /// 0.3 instances made so far.
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Relaxed)
+    }
+
+    /// 0.3 instances ended early for `reason` so far.
+    pub fn instances_ended(&self, reason: &str) -> u64 {
+        INSTANCE_ENDS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |at| self.ended[at].load(Relaxed))
+    }
+
     /// Counts one response with `status`.
     pub fn record(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
@@ -218,6 +260,10 @@ pub struct VersionView<'a> {
     pub state: &'a str,
     /// Short content digest.
     pub digest: String,
+    /// The WASI world it serves: `0.2` or `0.3`.
+    pub world: &'static str,
+    /// Its 0.3 instances alive now.
+    pub instances: usize,
     /// Requests and background work running now.
     pub in_flight: usize,
     /// Its counters.
@@ -295,8 +341,66 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
     for (app, v) in each_version(apps) {
         let _ = writeln!(
             out,
-            "wasm_host_version_info{{app=\"{app}\",generation=\"{}\",state=\"{}\",digest=\"{}\"}} 1",
-            v.generation, v.state, v.digest
+            "wasm_host_version_info{{app=\"{app}\",generation=\"{}\",state=\"{}\",digest=\"{}\",world=\"{}\"}} 1",
+            v.generation, v.state, v.digest, v.world
+        );
+    }
+
+    family(
+        &mut out,
+        "wasm_host_instances_total",
+        "counter",
+        "WASI 0.3 instances made, by version (0.2 versions make one per request, or per --reuse-instances requests).",
+    );
+    for (app, v) in each_version(apps).filter(|(_, v)| v.world == "0.3") {
+        let _ = writeln!(
+            out,
+            "wasm_host_instances_total{{app=\"{app}\",generation=\"{}\"}} {}",
+            v.generation,
+            v.counters.instances()
+        );
+    }
+    family(
+        &mut out,
+        "wasm_host_instances_alive",
+        "gauge",
+        "WASI 0.3 instances alive now, by version (idle ones included, and ones finishing work after their responses).",
+    );
+    for (app, v) in each_version(apps).filter(|(_, v)| v.world == "0.3") {
+        let _ = writeln!(
+            out,
+            "wasm_host_instances_alive{{app=\"{app}\",generation=\"{}\"}} {}",
+            v.generation, v.instances
+        );
+    }
+    family(
+        &mut out,
+        "wasm_host_instances_ended_total",
+        "counter",
+        "WASI 0.3 instances ended before their work was done, by version and reason (trap, timeout, drain_deadline).",
+    );
+    for (app, v) in each_version(apps).filter(|(_, v)| v.world == "0.3") {
+        for reason in INSTANCE_ENDS {
+            let _ = writeln!(
+                out,
+                "wasm_host_instances_ended_total{{app=\"{app}\",generation=\"{}\",reason=\"{reason}\"}} {}",
+                v.generation,
+                v.counters.instances_ended(reason)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "wasm_host_instance_failed_requests_total",
+        "counter",
+        "Requests that failed because their WASI 0.3 instance was ended under them, by version.",
+    );
+    for (app, v) in each_version(apps).filter(|(_, v)| v.world == "0.3") {
+        let _ = writeln!(
+            out,
+            "wasm_host_instance_failed_requests_total{{app=\"{app}\",generation=\"{}\"}} {}",
+            v.generation,
+            v.counters.poisoned.load(Relaxed)
         );
     }
 
@@ -540,6 +644,8 @@ mod tests {
             generation: 2,
             state: "live",
             digest: "abc".into(),
+            world: "0.3",
+            instances: 1,
             in_flight: 1,
             counters: &counters,
         }];

@@ -1,5 +1,14 @@
-//! The one wasmtime [`Engine`] of the process and the [`Linker`] every
-//! version is linked with (over the per-store [`HostState`]).
+//! The wasmtime [`Engine`]s of the process and the [`Linker`]s versions
+//! are linked with (over the per-store [`HostState`]): per compiler tier,
+//! one engine for WASI 0.2 components and one for WASI 0.3.
+//!
+//! Why two: an engine with the component model's concurrency support turns
+//! every call into a guest into a concurrent call with its task
+//! bookkeeping, which 0.2 guests never use. Measured on the 0.2 hello
+//! example (release build, `wrk -t1 -c16`, 4 alternating rounds on a busy
+//! 2-core machine), the 0.2 path lost about a fifth of its requests per
+//! second to it. So 0.2 components compile and run on an engine with
+//! `concurrency_support(false)`, and only 0.3 ones pay for what they use.
 //!
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
@@ -15,13 +24,13 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     Strategy,
 };
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::ops::metrics::PoolView;
 use crate::runtime::code_cache::CodeCache;
 use crate::runtime::cpu::{self, Urgency};
 use crate::runtime::digest::Digest;
 use crate::runtime::state::HostState;
+use crate::runtime::world::{Linked, World};
 
 /// How often the engine's epoch advances. Every running guest yields to the
 /// async executor at each tick, which is what lets a timeout or a forced
@@ -61,56 +70,89 @@ impl Default for EngineSettings {
 const MEMORY_CACHE_ENTRIES: usize = 4;
 
 /// A linked component and the digest of the bytes it came from.
-type Linked = (Digest, ProxyPre<HostState>);
+type Remembered = (Digest, Linked);
 
-/// The engine, its linker, and the ticker that drives epoch interruption.
+/// The engines, their linkers, and the tickers that drive epoch
+/// interruption.
 #[derive(Clone)]
 pub struct Runtime {
-    optimized: Tier,
-    baseline: Option<Tier>,
+    optimized: Worlds<Tier>,
+    baseline: Option<Worlds<Tier>>,
     baseline_above: Option<usize>,
     /// Most recently used first.
-    linked: Arc<Mutex<Vec<Linked>>>,
-    /// Optimized code on disk; `None` without a cache.
-    code: Option<CodeCache>,
+    linked: Arc<Mutex<Vec<Remembered>>>,
+    /// Optimized code on disk, per world's engine; `None` without a cache.
+    code: Option<Worlds<CodeCache>>,
+}
+
+/// One of a thing for each WASI world.
+#[derive(Clone)]
+struct Worlds<T> {
+    p2: T,
+    p3: T,
+}
+
+impl<T> Worlds<T> {
+    fn get(&self, world: World) -> &T {
+        match world {
+            World::P2 => &self.p2,
+            World::P3 => &self.p3,
+        }
+    }
 }
 
 impl Runtime {
-    /// The slots each engine's pooling allocator has in use, for metrics.
+    /// The slots each tier's pooling allocators have in use (both worlds'
+    /// engines summed), for metrics.
     pub fn pools(&self) -> Vec<PoolView> {
         std::iter::once(&self.optimized)
             .chain(self.baseline.as_ref())
-            .filter_map(|tier| {
-                let pool = tier.engine().pooling_allocator_metrics()?;
-                Some(PoolView {
-                    tier: tier_name(tier.is_baseline()),
-                    core_instances: pool.core_instances(),
-                    memories: pool.memories(),
-                    tables: pool.tables(),
-                })
+            .map(|tiers| {
+                let mut view = PoolView {
+                    tier: tier_name(tiers.p2.is_baseline()),
+                    core_instances: 0,
+                    memories: 0,
+                    tables: 0,
+                };
+                for tier in [&tiers.p2, &tiers.p3] {
+                    if let Some(pool) = tier.engine().pooling_allocator_metrics() {
+                        view.core_instances += pool.core_instances();
+                        view.memories += pool.memories();
+                        view.tables += pool.tables();
+                    }
+                }
+                view
             })
             .collect()
     }
 
     /// Builds the engines (pooling allocator, epoch interruption; Cranelift,
     /// plus Winch for quick first code) and their linkers holding all of
-    /// WASI 0.2 plus wasi:http, then starts the epoch tickers.
+    /// WASI 0.2 and 0.3 plus wasi:http of both, then starts the epoch
+    /// tickers.
     pub fn new(settings: &EngineSettings) -> Result<Self> {
-        let engines = if settings.baseline_above.is_some() {
+        let tiers = if settings.baseline_above.is_some() {
             2
         } else {
             1
         };
-        let budget = FREED_MEMORY_BUDGET / engines;
-        let optimized = Tier::new(settings, Strategy::Cranelift, budget)?;
+        // Two engines per tier, one per world.
+        let budget = FREED_MEMORY_BUDGET / (tiers * 2);
+        let both = |strategy| -> Result<Worlds<Tier>> {
+            Ok(Worlds {
+                p2: Tier::new(settings, strategy, budget, World::P2)?,
+                p3: Tier::new(settings, strategy, budget, World::P3)?,
+            })
+        };
+        let optimized = both(Strategy::Cranelift)?;
         let baseline = match settings.baseline_above {
-            Some(_) => Some(Tier::new(settings, Strategy::Winch, budget)?),
+            Some(_) => Some(both(Strategy::Winch)?),
             None => None,
         };
-        let code = settings
-            .cache_dir
-            .as_ref()
-            .map(|dir| CodeCache::new(&dir.join("code"), &optimized.engine));
+        let code = settings.cache_dir.as_ref().map(|dir| Worlds {
+            p2: CodeCache::new(&dir.join("code"), &optimized.p2.engine),
+            p3: CodeCache::new(&dir.join("code"), &optimized.p3.engine),
+        });
         Ok(Self {
             optimized,
             baseline,
@@ -124,32 +166,35 @@ impl Runtime {
     /// (baseline code), then swapped to optimized code when that is ready:
     /// only large components, and only if their optimized code is not in
     /// the on-disk cache already (then loading it is quicker still).
-    pub fn wants_baseline(&self, len: usize, digest: Digest) -> bool {
+    pub fn wants_baseline(&self, len: usize, digest: Digest, world: World) -> bool {
         self.baseline.is_some()
             && self.baseline_above.is_some_and(|above| len > above)
-            && !self.optimized_is_on_disk(digest)
+            && !self.optimized_is_on_disk(digest, world)
     }
 
-    fn optimized_is_on_disk(&self, digest: Digest) -> bool {
-        self.code.as_ref().is_some_and(|code| code.contains(digest))
+    fn optimized_is_on_disk(&self, digest: Digest, world: World) -> bool {
+        self.code
+            .as_ref()
+            .is_some_and(|code| code.get(world).contains(digest))
     }
 
-    /// The on-disk cache of optimized code, if there is one.
-    pub fn code_cache(&self) -> Option<&CodeCache> {
-        self.code.as_ref()
+    /// The on-disk cache of optimized code for `world`'s engine, if there
+    /// is one.
+    pub fn code_cache(&self, world: World) -> Option<&CodeCache> {
+        self.code.as_ref().map(|code| code.get(world))
     }
 
     /// The tier that compiles with Winch (fast to compile, slower code) or
-    /// with Cranelift (optimized code).
-    pub fn tier(&self, baseline: bool) -> &Tier {
+    /// with Cranelift (optimized code), for components of `world`.
+    pub fn tier(&self, baseline: bool, world: World) -> &Tier {
         match (&self.baseline, baseline) {
-            (Some(tier), true) => tier,
-            _ => &self.optimized,
+            (Some(tiers), true) => tiers.get(world),
+            _ => self.optimized.get(world),
         }
     }
 
     /// The linked component for `digest`, if one was remembered recently.
-    pub fn recall(&self, digest: Digest) -> Option<ProxyPre<HostState>> {
+    pub fn recall(&self, digest: Digest) -> Option<Linked> {
         let mut linked = self.linked.lock().ok()?;
         let at = linked.iter().position(|(d, _)| *d == digest)?;
         let entry = linked.remove(at);
@@ -160,7 +205,7 @@ impl Runtime {
 
     /// Remembers a linked component, forgetting the least recently used one
     /// beyond [`MEMORY_CACHE_ENTRIES`].
-    pub fn remember(&self, digest: Digest, pre: &ProxyPre<HostState>) {
+    pub fn remember(&self, digest: Digest, pre: &Linked) {
         if let Ok(mut linked) = self.linked.lock() {
             linked.retain(|(d, _)| *d != digest);
             linked.insert(0, (digest, pre.clone()));
@@ -175,12 +220,13 @@ pub fn tier_name(baseline: bool) -> &'static str {
     if baseline { "baseline" } else { "optimized" }
 }
 
-/// One code generator: its engine and the linker for it.
+/// One code generator for one world: its engine and the linker for it.
 #[derive(Clone)]
 pub struct Tier {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     baseline: bool,
+    world: World,
 }
 
 /// Most memory one engine's pool may hold on the host's behalf after
@@ -225,7 +271,12 @@ fn decommit_queues() -> usize {
 }
 
 impl Tier {
-    fn new(settings: &EngineSettings, strategy: Strategy, budget: usize) -> Result<Self> {
+    fn new(
+        settings: &EngineSettings,
+        strategy: Strategy,
+        budget: usize,
+        world: World,
+    ) -> Result<Self> {
         let batch = decommit_batch_size(settings.max_memory, budget, decommit_queues());
         tracing::debug!(batch, budget, "decommit batch of the instance pool");
         let mut pool = PoolingAllocationConfig::new();
@@ -248,6 +299,12 @@ impl Tier {
         config
             .strategy(strategy)
             .wasm_component_model(true)
+            // WASI 0.3 components use the component model's async ABI
+            // (streams, futures, async exports); 0.2 ones never do, and
+            // without it their calls skip the task bookkeeping (see the
+            // module docs).
+            .concurrency_support(world == World::P3)
+            .wasm_component_model_async(world == World::P3)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if matches!(strategy, Strategy::Winch) {
@@ -269,6 +326,18 @@ impl Tier {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasi:http")?;
+        // And, for 0.3 components (which may import 0.2 interfaces too),
+        // all of WASI 0.3 wasmtime provides (cli, clocks, filesystem,
+        // random, sockets, http), under the same per-store WasiCtx and
+        // outgoing-HTTP policy: the sandbox is one, whatever the world.
+        if world == World::P3 {
+            wasmtime_wasi::p3::add_to_linker(&mut linker)
+                .map_err(anyhow::Error::from)
+                .context("failed to link WASI 0.3")?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+                .map_err(anyhow::Error::from)
+                .context("failed to link wasi:http 0.3")?;
+        }
         crate::runtime::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
@@ -284,6 +353,7 @@ impl Tier {
             engine,
             linker: Arc::new(linker),
             baseline: matches!(strategy, Strategy::Winch),
+            world,
         })
     }
 
@@ -324,6 +394,11 @@ impl Tier {
     /// Whether this is the quick (Winch) tier.
     pub fn is_baseline(&self) -> bool {
         self.baseline
+    }
+
+    /// The world whose components this tier's engine runs.
+    pub fn world(&self) -> World {
+        self.world
     }
 }
 

@@ -2,6 +2,10 @@
 //! a version's compiled component and checks, one request run on it, the
 //! work a version still owes, and the on-disk code cache.
 //!
+//! Where serving differs by WASI world it is cut in two: [`p2`] (0.2, one
+//! request per instance) and [`p3`] (0.3, many requests per instance);
+//! [`world`] tells them apart and the rest is shared.
+//!
 //! The lowest layer: it knows nothing of apps, reloads, listeners or
 //! configuration. Callers above decide which version runs what.
 
@@ -11,10 +15,15 @@ pub mod cpu;
 pub mod digest;
 pub mod engine;
 pub mod guest_log;
+pub mod http;
 pub mod lifecycle;
 pub mod outgoing;
+pub mod p2;
+pub mod p3;
 pub mod request;
 pub mod state;
+pub mod store;
 pub mod trace;
 pub mod version;
 pub mod work;
+pub mod world;

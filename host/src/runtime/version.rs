@@ -2,19 +2,19 @@
 //! and live-work count.
 //!
 //! Loading runs the checks a version must pass before it may take traffic:
-//! it is a component, it compiles, it exports `wasi:http/incoming-handler`,
-//! it links, and it instantiates within the ready timeout. A version never
-//! reaches back into its app: the app decides when it goes live or drains.
+//! it is a component, it compiles, it exports an HTTP handler of WASI 0.2
+//! (`wasi:http/incoming-handler`) or 0.3 (`wasi:http/handler`), which
+//! decides its [`World`], it links, and it instantiates within the ready
+//! timeout. A version never reaches back into its app: the app decides when
+//! it goes live or drains.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::handler::ProxyHandler;
 
 use crate::kv::Keyvalue;
 use crate::ops::metrics::VersionCounters;
@@ -23,15 +23,13 @@ use crate::runtime::engine::{Runtime, Tier};
 use crate::runtime::guest_log::GuestLog;
 use crate::runtime::lifecycle;
 use crate::runtime::outgoing::OutgoingPolicy;
+use crate::runtime::p2::WarmPool;
+use crate::runtime::p3::P3Settings;
+use crate::runtime::p3::pool::{Instances, Pool};
 use crate::runtime::state::{AppServices, HostState};
+use crate::runtime::store::Stores;
 use crate::runtime::work::WorkCounter;
-
-/// Idle instances one version keeps for reuse, at most. Each holds a slot
-/// of the pooling allocator, which every version alive shares.
-const MAX_IDLE_INSTANCES: usize = 16;
-
-/// The name prefix of the export every app must have.
-const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
+use crate::runtime::world::{Linked, World};
 
 /// Why a candidate version was refused. Every variant says what was wrong
 /// and, where it can, what to do about it.
@@ -50,9 +48,9 @@ pub enum LoadError {
     /// The component failed to validate or compile.
     #[error("invalid component (is the file complete?): {0}")]
     Invalid(String),
-    /// The component does not export an HTTP handler.
+    /// The component exports an HTTP handler of neither world.
     #[error(
-        "the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP; its exports are: {0}"
+        "the component exports neither `wasi:http/handler@0.3.x` (WASI 0.3) nor `wasi:http/incoming-handler@0.2.x` (WASI 0.2), so it cannot serve HTTP; its exports are: {0}"
     )]
     NoHandler(String),
     /// An import the host does not provide, or another link failure.
@@ -128,9 +126,11 @@ pub struct VersionSettings {
     pub request_timeout: Duration,
     /// Where guests may send outgoing HTTP requests.
     pub outgoing: OutgoingPolicy,
-    /// Requests one instance may serve in sequence; 1 means a fresh
+    /// Requests one 0.2 instance may serve in sequence; 1 means a fresh
     /// instance for every request.
     pub reuse: u32,
+    /// How a 0.3 version shares its instances between requests.
+    pub p3: P3Settings,
     /// Environment variables every instance sees (`--env`); nothing else of
     /// the host's environment reaches a guest.
     pub env: Arc<[(String, String)]>,
@@ -142,18 +142,6 @@ pub struct VersionSettings {
     pub config: Arc<[(String, String)]>,
 }
 
-/// An instance that served a request cleanly and may serve the next one
-/// (instance reuse mode). Never shared across versions: it lives in the
-/// pool of the version that made it.
-pub(crate) struct Warm {
-    /// The store the instance lives in.
-    pub store: Store<HostState>,
-    /// The instance.
-    pub proxy: Proxy,
-    /// Requests it has served.
-    pub uses: u32,
-}
-
 /// One loaded, checked version of an app.
 pub struct Version {
     generation: u64,
@@ -161,19 +149,28 @@ pub struct Version {
     compile_time: Duration,
     cached: bool,
     baseline: bool,
-    engine: Engine,
-    pre: ProxyPre<HostState>,
-    log: GuestLog,
+    linked: Linked,
     settings: VersionSettings,
+    stores: Arc<Stores>,
     state: AtomicU8,
+    /// Requests in flight, and the work a 0.2 guest does after its answer.
     work: Arc<WorkCounter>,
+    /// 0.3 instances alive: each holds the work its guest does after its
+    /// responses, which the host cannot see task by task.
+    alive: Arc<WorkCounter>,
+    /// Cancelled by the drain deadline: every guest still running stops.
     cancel: CancellationToken,
+    /// Cancelled when the version stops taking requests, so idle 0.3
+    /// instances go at once instead of after their idle time.
+    retiring: CancellationToken,
     served: AtomicU64,
     /// Shared with this generation's tier-up copy, so its counts carry on.
     counters: Arc<VersionCounters>,
-    warm: Mutex<Vec<Warm>>,
+    /// Idle 0.2 instances kept for reuse.
+    warm: WarmPool,
+    /// The instances of a 0.3 version; `None` for 0.2.
+    instances: Option<Instances>,
     loaded_at: Instant,
-    services: Arc<AppServices>,
 }
 
 impl Version {
@@ -197,22 +194,22 @@ impl Version {
         // Optimized code linked recently wins over compiling anything.
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
-        let tier = runtime.tier(baseline && !cached);
-        let pre = match recalled {
-            Some(pre) => pre,
+        let tier = runtime.tier(baseline && !cached, World::engine_for(&bytes));
+        let linked = match recalled {
+            Some(linked) => linked,
             None => {
-                let pre = link(runtime, tier, bytes, digest).await?;
+                let linked = link(runtime, tier, bytes, digest).await?;
                 if !tier.is_baseline() {
-                    runtime.remember(digest, &pre);
+                    runtime.remember(digest, &linked);
                 }
-                pre
+                linked
             }
         };
         let mut version = Self::assemble(
             generation,
             digest,
             tier.engine().clone(),
-            pre,
+            linked,
             tier.is_baseline(),
             settings,
             keyvalue,
@@ -231,11 +228,11 @@ impl Version {
         let version = Self::assemble(
             generation,
             self.digest,
-            self.engine.clone(),
-            self.pre.clone(),
+            self.stores.engine.clone(),
+            self.linked.clone(),
             self.baseline,
             self.settings.clone(),
-            self.services.keyvalue.clone(),
+            self.stores.services.keyvalue.clone(),
         );
         version.check_ready().await?;
         Ok(version)
@@ -247,7 +244,7 @@ impl Version {
         generation: u64,
         digest: Digest,
         engine: Engine,
-        pre: ProxyPre<HostState>,
+        linked: Linked,
         baseline: bool,
         settings: VersionSettings,
         keyvalue: Arc<Keyvalue>,
@@ -257,38 +254,70 @@ impl Version {
             keyvalue,
             config: settings.config.iter().cloned().collect(),
         });
-        Self {
+        let stores = Arc::new(Stores {
+            engine,
+            generation,
+            log: GuestLog::new(&settings.app, generation),
+            env: settings.env.clone(),
+            dirs: settings.dirs.clone(),
+            outgoing: settings.outgoing.clone(),
+            max_memory: settings.max_memory,
+            services,
+        });
+        let mut version = Self {
             generation,
             digest,
             compile_time: Duration::ZERO,
             cached: true,
             baseline,
-            engine,
-            pre,
-            log: GuestLog::new(&settings.app, generation),
+            linked,
+            warm: WarmPool::new(settings.reuse),
             settings,
+            stores,
             state: AtomicU8::new(State::Loading as u8),
             work: Arc::new(WorkCounter::default()),
+            alive: Arc::new(WorkCounter::default()),
             cancel: CancellationToken::new(),
+            retiring: CancellationToken::new(),
             served: AtomicU64::new(0),
             counters: Arc::default(),
-            warm: Mutex::new(Vec::new()),
+            instances: None,
             loaded_at: Instant::now(),
-            services,
-        }
+        };
+        version.instances = version.make_instances();
+        version
+    }
+
+    /// The instance handler of a 0.3 version (none for 0.2), counting into
+    /// this version's counters.
+    fn make_instances(&self) -> Option<Instances> {
+        let Linked::P3(pre) = &self.linked else {
+            return None;
+        };
+        Some(ProxyHandler::new(Pool {
+            stores: self.stores.clone(),
+            pre: pre.clone(),
+            alive: self.alive.clone(),
+            forced: self.cancel.clone(),
+            retiring: self.retiring.clone(),
+            counters: self.counters.clone(),
+            settings: self.settings.p3,
+            request_timeout: self.settings.request_timeout,
+        }))
     }
 
     /// Opens the app's key-value store if this version imports
     /// `wasi:keyvalue`, so a store that cannot be opened (a server down, a
     /// file held by another process) refuses the version up front.
     async fn open_state(&self) -> Result<(), LoadError> {
-        let component = self.pre.instance_pre().component();
+        let component = self.linked.instance_pre().component();
         let uses_keyvalue = component
             .component_type()
-            .imports(&self.engine)
+            .imports(&self.stores.engine)
             .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
         if uses_keyvalue {
-            self.services
+            self.stores
+                .services
                 .keyvalue
                 .ready()
                 .await
@@ -302,7 +331,7 @@ impl Version {
     async fn check_ready(&self) -> Result<(), LoadError> {
         let mut store = self.new_store();
         let timeout = self.settings.ready_timeout;
-        let pre = self.pre.instance_pre();
+        let pre = self.linked.instance_pre();
         let ready = async {
             let instance = pre.instantiate_async(&mut store).await?;
             lifecycle::init(&mut store, pre.component(), &instance).await
@@ -320,14 +349,14 @@ impl Version {
     /// drain that starts right after waits for it; a drain deadline or the
     /// request timeout ends it.
     pub fn drain_hook(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
-        if !lifecycle::exports_hook(self.pre.instance_pre().component(), "drain") {
+        if !lifecycle::exports_hook(self.linked.instance_pre().component(), "drain") {
             return None;
         }
         let guard = self.work.enter();
         let version = self.clone();
         Some(async move {
             let _guard = guard;
-            let pre = version.pre.instance_pre();
+            let pre = version.linked.instance_pre();
             let mut store = version.new_store();
             let call = async {
                 let instance = pre.instantiate_async(&mut store).await?;
@@ -348,72 +377,29 @@ impl Version {
         })
     }
 
-    /// A fresh store for one request: no ambient authority, guest output
-    /// prefixed with this generation, and an epoch deadline that makes the
-    /// guest yield at every tick so timeouts and drains can stop it.
+    /// A fresh store of this version (see [`Stores::new_store`]).
     pub(crate) fn new_store(&self) -> Store<HostState> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(self.log.clone())
-            .stderr(self.log.clone())
-            .envs(&self.settings.env);
-        for (host, guest) in self.settings.dirs.iter() {
-            // Checked at start-up; if the directory went away since, the
-            // guest goes without it rather than the request failing here.
-            if let Err(e) = wasi.preopened_dir(host, guest, FsPerms::ReadOnly) {
-                tracing::warn!(dir = %host.display(), error = %e, "cannot open a directory for the guest");
-            }
-        }
-        let wasi = wasi.build();
-        let state = HostState::new(
-            wasi,
-            self.settings.outgoing.clone(),
-            self.generation,
-            self.services.clone(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        if let Some(bytes) = self.settings.max_memory {
-            store.data_mut().limit_memory(bytes);
-            store.limiter(|state| state.limits());
-        }
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-        store
+        self.stores.new_store()
     }
 
-    /// An idle instance to serve a request with, in instance reuse mode.
-    pub(crate) fn take_warm(&self) -> Option<Warm> {
-        if self.settings.reuse <= 1 {
-            return None;
-        }
-        let mut warm = self.warm.lock().ok()?.pop()?;
-        // A reused store's deadline must start afresh, like a new one's.
-        warm.store.set_epoch_deadline(1);
-        Some(warm)
+    /// The idle 0.2 instances kept for reuse.
+    pub(crate) fn warm(&self) -> &WarmPool {
+        &self.warm
     }
 
-    /// Keeps an instance that served cleanly for the next request, unless
-    /// it has served its share, the pool is full, or the version stopped
-    /// taking requests.
-    pub(crate) fn give_back(&self, warm: Warm) {
-        if warm.uses >= self.settings.reuse || !self.state().takes_requests() {
-            return;
-        }
-        if let Ok(mut pool) = self.warm.lock()
-            && pool.len() < MAX_IDLE_INSTANCES
-        {
-            pool.push(warm);
-        }
+    /// The instances of a 0.3 version; `None` for 0.2.
+    pub(crate) fn instances(&self) -> Option<&Instances> {
+        self.instances.as_ref()
     }
 
-    /// Drops every idle instance, returning their slots to the pool.
-    fn drop_warm(&self) {
-        let idle = self.warm.lock().map(|mut pool| std::mem::take(&mut *pool));
-        drop(idle);
+    /// The linked component, of either world.
+    pub(crate) fn linked(&self) -> &Linked {
+        &self.linked
     }
 
-    /// The pre-instantiated component.
-    pub(crate) fn pre(&self) -> &ProxyPre<HostState> {
-        &self.pre
+    /// The WASI world this version serves.
+    pub fn world(&self) -> World {
+        self.linked.world()
     }
 
     /// The generation number: 1 for the first version, one more per reload.
@@ -454,7 +440,7 @@ impl Version {
 
     /// Bytes of compiled machine code this version keeps mapped.
     pub fn code_bytes(&self) -> usize {
-        let range = self.pre.instance_pre().component().image_range();
+        let range = self.linked.instance_pre().component().image_range();
         range.end.addr() - range.start.addr()
     }
 
@@ -463,9 +449,29 @@ impl Version {
         self.settings.request_timeout
     }
 
-    /// The counter of this version's live work.
+    /// The counter of this version's requests in flight (and a 0.2
+    /// guest's work after its answer).
     pub fn work(&self) -> &Arc<WorkCounter> {
         &self.work
+    }
+
+    /// 0.3 instances alive now (0 for a 0.2 version).
+    pub fn instances_alive(&self) -> usize {
+        self.alive.running()
+    }
+
+    /// Everything the version still runs: requests, and its 0.3 instances
+    /// (which hold the work after their responses).
+    pub fn running(&self) -> usize {
+        self.work.running() + self.alive.running()
+    }
+
+    /// Waits until the version runs nothing (see [`Version::running`]), or
+    /// until `deadline`; returns whether it got there. Requests first: a
+    /// 0.3 instance ends only after its last request, and a version that
+    /// takes no requests gets no new instance once none is in flight.
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        self.work.wait_idle(deadline).await && self.alive.wait_idle(deadline).await
     }
 
     /// Cancelled when a drain gives up waiting: running guests stop.
@@ -492,6 +498,9 @@ impl Version {
     pub(crate) fn continuing(mut self, other: &Version) -> Self {
         self.counters = other.counters.clone();
         self.loaded_at = other.loaded_at;
+        // Made again so its instances count into the shared counters; the
+        // copy has served nothing yet, so no instance is lost.
+        self.instances = self.make_instances();
         self
     }
 
@@ -501,11 +510,14 @@ impl Version {
     }
 
     /// Moves the version to `state`. Leaving `Live`/`Canary` drops idle
-    /// instances.
+    /// instances (0.3 ones as soon as their last task ends).
     pub fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::SeqCst);
         if !state.takes_requests() {
-            self.drop_warm();
+            self.warm.clear();
+            if state != State::Loading {
+                self.retiring.cancel();
+            }
         }
     }
 
@@ -527,19 +539,19 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Compiles (on a background thread), checks the exports, and links.
 /// Compiles (or, for optimized code, loads from the on-disk cache) and
-/// links `bytes`, off the threads that serve requests.
+/// links `bytes`, off the threads that serve requests; the exports decide
+/// the world it is linked for.
 async fn link(
     runtime: &Runtime,
     tier: &Tier,
     bytes: Arc<[u8]>,
     digest: Digest,
-) -> Result<ProxyPre<HostState>, LoadError> {
+) -> Result<Linked, LoadError> {
     let compiler = tier.clone();
     // Baseline code lives for seconds: not worth a disk write.
     let disk = runtime
-        .code_cache()
+        .code_cache(tier.world())
         .filter(|_| !tier.is_baseline())
         .cloned();
     let component = crate::runtime::engine::in_background(move || {
@@ -558,26 +570,22 @@ async fn link(
     .await
     .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
     .map_err(|e: wasmtime::Error| LoadError::Invalid(format!("{e:#}")))?;
-    check_exports(tier.engine(), &component)?;
+    let world = World::of(tier.engine(), &component).map_err(LoadError::NoHandler)?;
+    if world != tier.world() {
+        // The bytes said one world and the compiled component another:
+        // only a parser disagreement gets here; refuse rather than run it
+        // on an engine that cannot.
+        return Err(LoadError::Link(format!(
+            "the component exports a WASI {} handler but was read as {}",
+            world.name(),
+            tier.world().name()
+        )));
+    }
     let instance_pre = tier
         .linker()
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    ProxyPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))
-}
-
-fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    if names.iter().any(|n| n.starts_with(HANDLER_EXPORT)) {
-        return Ok(());
-    }
-    let listed = if names.is_empty() {
-        "(none)".to_string()
-    } else {
-        names.join(", ")
-    };
-    Err(LoadError::NoHandler(listed))
+    Linked::new(world, instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))
 }
 
 #[cfg(test)]

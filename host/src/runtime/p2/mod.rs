@@ -1,0 +1,82 @@
+//! Serving a WASI 0.2 version (`wasi:http/incoming-handler`): one request
+//! per instance at a time, a fresh instance per request by default, or an
+//! instance kept for the next request in sequence (`--reuse-instances`).
+//!
+//! The 0.2 handler gives its answer through a `response-outparam` and may go
+//! on after it; the run is polled in the request's own task (no task hop on
+//! the hot path) and handed to a task of its own only when it outlives the
+//! answer. 0.3 versions never come here: see [`crate::runtime::p3`].
+
+pub(crate) mod request;
+
+use std::sync::Mutex;
+
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use crate::runtime::state::HostState;
+
+/// Idle instances one version keeps for reuse, at most. Each holds a slot
+/// of the pooling allocator, which every version alive shares.
+const MAX_IDLE_INSTANCES: usize = 16;
+
+/// An instance that served a request cleanly and may serve the next one
+/// (instance reuse mode). Never shared across versions: it lives in the
+/// pool of the version that made it.
+pub(crate) struct Warm {
+    /// The store the instance lives in.
+    pub store: Store<HostState>,
+    /// The instance.
+    pub proxy: Proxy,
+    /// Requests it has served.
+    pub uses: u32,
+}
+
+/// The idle instances of one 0.2 version, in reuse mode.
+pub(crate) struct WarmPool {
+    /// Requests one instance may serve in sequence; 1 keeps none.
+    reuse: u32,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl WarmPool {
+    /// A pool for instances that serve up to `reuse` requests each.
+    pub fn new(reuse: u32) -> Self {
+        Self {
+            reuse,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle instance to serve a request with, if reuse is on and one
+    /// waits.
+    pub fn take(&self) -> Option<Warm> {
+        if self.reuse <= 1 {
+            return None;
+        }
+        let mut warm = self.idle.lock().ok()?.pop()?;
+        // A reused store's deadline must start afresh, like a new one's.
+        warm.store.set_epoch_deadline(1);
+        Some(warm)
+    }
+
+    /// Keeps an instance that served cleanly for the next request, unless
+    /// it has served its share, the pool is full, or `open` is false (the
+    /// version stopped taking requests).
+    pub fn give_back(&self, warm: Warm, open: bool) {
+        if warm.uses >= self.reuse || !open {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(warm);
+        }
+    }
+
+    /// Drops every idle instance, returning their slots to the pool.
+    pub fn clear(&self) {
+        let idle = self.idle.lock().map(|mut idle| std::mem::take(&mut *idle));
+        drop(idle);
+    }
+}
