@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 use support::notify::Notify;
 use support::{BIN, H1, H2, Host, get, notify_listener, write_version};
 
+/// Held by each test for its whole run: the load test times waits of a
+/// few milliseconds, which another test's compile on the same two cores
+/// would drown.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Kills a host process the test did not start itself (the successor) when
 /// the test ends, however it ends.
 struct Reap(u32);
@@ -205,6 +210,7 @@ fn live_generation(status: &serde_json::Value, app: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_drops_nothing_and_keeps_generations() {
+    let _serial = SERIAL.lock().await;
     let (notify_port, notified) = notify_listener();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), notify_port);
@@ -317,6 +323,7 @@ async fn an_upgrade_under_load_drops_nothing_and_keeps_generations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_cannot_take_over_changes_nothing() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("hello.wasm");
     write_version(&app, "hello", "v1");
@@ -391,6 +398,7 @@ async fn a_new_binary_that_cannot_take_over_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_upgrades_and_tells_systemd_the_new_main_pid() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("hello.wasm");
     write_version(&app, "hello", "v1");
@@ -429,6 +437,7 @@ async fn sigusr2_upgrades_and_tells_systemd_the_new_main_pid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_keyvalue_state_carries_over_an_upgrade() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("counter.wasm");
     write_version(&app, "counter", "v1");

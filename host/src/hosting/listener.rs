@@ -155,7 +155,7 @@ async fn serve_tls(
                 return;
             }
         },
-        _ = stop.cancelled() => return,
+        _ = linger_after(&stop) => return,
     };
     serve_http(stream, peer, true, table, builder, limits, stop).await;
 }
@@ -172,7 +172,7 @@ async fn serve_connection(
 ) {
     let opening = tokio::select! {
         opening = connection::sniff(&stream, limits.header_timeout) => opening,
-        _ = stop.cancelled() => return,
+        _ = linger_after(&stop) => return,
     };
     match opening {
         Opening::Http => {}
@@ -381,6 +381,15 @@ const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 /// the connection sends within milliseconds; one idle this long is
 /// closed as an idle connection would be.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Ends [`CLOSE_LINGER`] after `stop` fires. A connection accepted just
+/// before the listener stopped has a client about to send its request (or
+/// finish its handshake); dropping it at once would fail that request, so
+/// it gets the linger to arrive, and its answer closes the connection.
+async fn linger_after(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(CLOSE_LINGER).await;
+}
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
