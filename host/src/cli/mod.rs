@@ -95,7 +95,8 @@ struct UpgradeArgs {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// The component to serve (a .wasm exporting wasi:http/incoming-handler),
+    /// The component to serve (a .wasm exporting wasi:http/incoming-handler
+    /// of WASI 0.2 or wasi:http/handler of WASI 0.3),
     /// the directory of a Rust crate to build with cargo for
     /// wasm32-wasip2, serve, and rebuild on every save, or a component in
     /// an OCI registry (oci://REGISTRY/REPO:TAG or …@sha256:DIGEST).

@@ -50,7 +50,7 @@ pub enum LoadError {
     Invalid(String),
     /// The component exports an HTTP handler of neither world.
     #[error(
-        "the component exports neither `wasi:http/handler@0.3.x` (WASI 0.3) nor `wasi:http/incoming-handler@0.2.x` (WASI 0.2), so it cannot serve HTTP; its exports are: {0}"
+        "the component does not export `wasi:http/incoming-handler@0.2.x` (WASI 0.2) or `wasi:http/handler@0.3.x` (WASI 0.3), so it cannot serve HTTP; its exports are: {0}"
     )]
     NoHandler(String),
     /// An import the host does not provide, or another link failure.
