@@ -380,6 +380,16 @@ async fn a_new_binary_that_cannot_take_over_changes_nothing() {
         assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n");
     }
 
+    // A canary in progress would not be carried: refused, with what to do.
+    let v2 = dir.path().join("hello-2.wasm");
+    write_version(&v2, "hello", "v2");
+    host.ctl_ok(&["reload", v2.to_str().unwrap(), "--canary", "10"]);
+    let out = host.ctl(&["upgrade"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("promote or abort it"), "{stderr}");
+    host.ctl_ok(&["abort"]);
+
     // The real binary, but the app's file went bad since it loaded: the
     // new process says why, and the old one serves on.
     std::fs::write(&app, b"garbage").unwrap();
