@@ -380,6 +380,28 @@ async fn a_new_binary_that_cannot_take_over_changes_nothing() {
         assert_eq!(get(&host.addr, "/").await.unwrap().body, "hello from v1\n");
     }
 
+    // While a new binary loads, changes are held back (they would not
+    // reach it), and said so.
+    let waiting = {
+        let (control, hangs) = (host.control.clone(), hangs.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(BIN)
+                .args(["upgrade", "--wait", "3s", "--binary"])
+                .arg(&hangs)
+                .arg("--control")
+                .arg(&control)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = host.reload(Some(&app));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("being upgraded"), "{stderr}");
+    assert!(!waiting.join().unwrap().status.success());
+    host.ctl_ok(&["reload"]);
+
     // A canary in progress would not be carried: refused, with what to do.
     let v2 = dir.path().join("hello-2.wasm");
     write_version(&v2, "hello", "v2");

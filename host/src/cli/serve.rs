@@ -75,6 +75,9 @@ pub async fn serve(
     for addr in inherited.unused() {
         tracing::warn!(%addr, "a passed socket matches no app's listen address; it stays unused");
     }
+    // An old host's socket that no app here listens on would take
+    // connections nobody accepts once the old host is gone.
+    inherited.close_upgraded();
     let admin = match (config.admin, passed.admin.take()) {
         (Some(addr), Some((was, listener))) if was == addr => Some(
             TcpListener::from_std(listener)
@@ -88,6 +91,7 @@ pub async fn serve(
     let passable_admin = match (&admin, config.admin) {
         (Some(listener), Some(addr)) => Some(PassedSocket {
             addr,
+            bound: listener.local_addr().ok(),
             fd: listener.as_raw_fd(),
         }),
         _ => None,
@@ -112,15 +116,18 @@ pub async fn serve(
         puller.clone(),
         config.connections.clone(),
     );
-    supervisor.carry(std::mem::take(&mut passed.apps));
-    supervisor.apply(config.apps.clone(), bound).await?;
-    let apps = supervisor.table();
-
+    // Everything that may fail is set up before the first app starts
+    // accepting: a process that took sockets over from an old host must not
+    // fail after it has taken connections.
     let (asks, mut config_asks) = mpsc::channel::<ConfigAsk>(4);
     if let (Some(file), true) = (&config.file, config.watch_config) {
         config_watch::spawn(file.clone(), asks.clone(), shutdown.clone())?;
     }
     let asks = config.file.is_some().then_some(asks);
+    supervisor.carry(std::mem::take(&mut passed.apps));
+    supervisor.apply(config.apps.clone(), bound).await?;
+    let apps = supervisor.table();
+
     let (upgrades, mut upgrade_asks) = mpsc::channel::<UpgradeAsk>(1);
     signals::spawn(
         caught,
@@ -196,6 +203,7 @@ pub async fn serve(
             }
             Some(ask) = upgrade_asks.recv() => {
                 let control = PassedControl { path: control_path.clone(), fd: control_fd };
+                apps.set_upgrading(true);
                 let outcome = tokio::select! {
                     outcome = hand_over(&supervisor, passable_admin, control, ask.binary, ask.wait) => outcome,
                     _ = shutdown.cancelled() => Err(anyhow!("the host began shutting down")),
@@ -211,12 +219,26 @@ pub async fn serve(
                         break;
                     }
                     Err(e) => {
+                        apps.set_upgrading(false);
                         tracing::warn!("upgrade refused: {e:#}");
                         let _ = ask.reply.send(Err(format!("{e:#}")));
                     }
                 }
             }
         }
+    }
+    // Asks that came while the loop was busy get an answer, not silence.
+    let why = match upgraded {
+        Some(pid) => format!("the host was upgraded; process {pid} serves now: ask it"),
+        None => "the host is shutting down".to_string(),
+    };
+    config_asks.close();
+    while let Ok(ask) = config_asks.try_recv() {
+        let _ = ask.reply.send(Err(why.clone()));
+    }
+    upgrade_asks.close();
+    while let Ok(ask) = upgrade_asks.try_recv() {
+        let _ = ask.reply.send(Err(why.clone()));
     }
     if let Some(task) = watchdog_task {
         // The drain may outlast the watchdog's timeout; systemd's stop

@@ -47,6 +47,10 @@ pub struct Handoff {
 pub struct PassedSocket {
     /// The address as configured.
     pub addr: SocketAddr,
+    /// The address the socket is bound to (another one than configured for
+    /// a socket systemd passed as the only one).
+    #[serde(default)]
+    pub bound: Option<SocketAddr>,
     /// The descriptor number in the new process.
     pub fd: RawFd,
 }
@@ -196,11 +200,11 @@ fn take_passed(handoff: Handoff, link: RawFd) -> Result<Passed> {
     };
     let mut listeners = Vec::new();
     for passed in &handoff.listeners {
-        let listener = tcp_listener(owned(passed.fd)?, passed.addr)?;
+        let listener = tcp_listener(owned(passed.fd)?, passed)?;
         listeners.push((passed.addr, listener));
     }
     let admin = match handoff.admin {
-        Some(passed) => Some((passed.addr, tcp_listener(owned(passed.fd)?, passed.addr)?)),
+        Some(passed) => Some((passed.addr, tcp_listener(owned(passed.fd)?, &passed)?)),
         None => None,
     };
     let control = match &handoff.control {
@@ -248,16 +252,22 @@ fn read_handoff(link: &UnixStream) -> Result<Handoff> {
 
 /// Takes a passed listening TCP socket, checking it is one and is bound
 /// where the handoff says.
-fn tcp_listener(fd: RawFd, configured: SocketAddr) -> Result<TcpListener> {
+fn tcp_listener(fd: RawFd, passed: &PassedSocket) -> Result<TcpListener> {
+    let configured = passed.addr;
     // SAFETY: checked by the caller to be open and named once.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let local = listener
         .local_addr()
         .with_context(|| format!("passed descriptor {fd} for {configured} is not a TCP socket"))?;
-    let same_place = local.ip() == configured.ip()
-        && (configured.port() == 0 || local.port() == configured.port());
+    let same_place = match passed.bound {
+        Some(bound) => local == bound,
+        None => {
+            local.ip() == configured.ip()
+                && (configured.port() == 0 || local.port() == configured.port())
+        }
+    };
     if !same_place {
-        bail!("passed descriptor {fd} is bound to {local}, not {configured}");
+        bail!("passed descriptor {fd} is bound to {local}, not where the handoff says");
     }
     listener
         .set_nonblocking(true)
@@ -284,10 +294,12 @@ mod tests {
         let handoff = Handoff {
             listeners: vec![PassedSocket {
                 addr: "127.0.0.1:0".parse().unwrap(),
+                bound: Some("127.0.0.1:4000".parse().unwrap()),
                 fd: 7,
             }],
             admin: Some(PassedSocket {
                 addr: "127.0.0.1:9".parse().unwrap(),
+                bound: None,
                 fd: 8,
             }),
             control: Some(PassedControl {

@@ -557,6 +557,13 @@ async fn act(
             .map(ControlReply::Reloaded)
             .map_err(|e| e.to_string())
     };
+    let changes = !matches!(
+        request,
+        ControlRequest::Status { .. } | ControlRequest::Upgrade { .. }
+    );
+    if changes {
+        apps.check_not_upgrading()?;
+    }
     match request {
         ControlRequest::Reload { app, path, canary } => {
             let app = apps.find(app.as_deref())?;

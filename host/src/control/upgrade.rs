@@ -47,19 +47,39 @@ pub struct UpgradeAsk {
 
 static OWN_BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
 
-/// Records the path this process was started from. Call at start-up:
-/// once a deploy replaces the file, `/proc/self/exe` names the old, deleted
-/// one, while the path names the new one, which is what an upgrade starts.
+/// Records the path this process was started by. Call at start-up, before
+/// the working directory could change. It is `argv[0]` made absolute, not
+/// `/proc/self/exe`: once a deploy replaces the file or moves a symlink,
+/// `/proc/self/exe` names the old binary, while the path names the new
+/// one, which is what an upgrade starts.
 pub fn remember_own_binary() {
-    OWN_BINARY.get_or_init(|| std::env::current_exe().ok());
+    OWN_BINARY.get_or_init(started_as);
 }
 
 /// The binary an upgrade starts when none is named.
 pub fn own_binary() -> Result<PathBuf> {
     OWN_BINARY
-        .get_or_init(|| std::env::current_exe().ok())
+        .get_or_init(started_as)
         .clone()
         .ok_or_else(|| anyhow!("cannot tell which binary this host runs; pass --binary PATH"))
+}
+
+/// `argv[0]` as a path: relative to the working directory when it has a
+/// slash, else found on `PATH` (as the shell found it); the resolved
+/// executable when neither works.
+fn started_as() -> Option<PathBuf> {
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    if arg0.components().count() > 1 {
+        return std::path::absolute(&arg0).ok();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(&arg0))
+                .find(|candidate| candidate.is_file())
+        })
+        .and_then(|found| std::path::absolute(found).ok())
+        .or_else(|| std::env::current_exe().ok())
 }
 
 /// Starts `binary` as this host's successor with `handoff`, and waits up
@@ -107,15 +127,34 @@ pub async fn start_successor(binary: &Path, handoff: &Handoff, wait: Duration) -
         Ok(Err(e)) => format!("{e:#}"),
         Err(_) => format!("it was not ready within {}s", wait.as_secs()),
     };
-    let _ = child.start_kill();
-    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-        Ok(Ok(status)) => format!(" ({status})"),
-        _ => String::new(),
-    };
+    let status = stop(&mut child, pid).await;
     bail!(
         "the new binary {} did not take over{status}: {why}; this host keeps serving",
         binary.display()
     )
+}
+
+/// Stops a successor that did not take over: SIGTERM first, so one that
+/// already accepted connections drains them (the sockets are shared), then
+/// SIGKILL after a bound. Returns its exit status for the message.
+async fn stop(child: &mut tokio::process::Child, pid: u32) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return format!(" ({status})");
+    }
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 0
+    {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        return format!(" ({status})");
+    }
+    let _ = child.start_kill();
+    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(status)) => format!(" ({status})"),
+        _ => String::new(),
+    }
 }
 
 /// Sends the handoff and reads the one-line answer.

@@ -63,6 +63,11 @@ impl Inherited {
         }
     }
 
+    /// Closes the sockets from an old host that no app took.
+    pub fn close_upgraded(&mut self) {
+        self.upgraded.clear();
+    }
+
     /// Adds the sockets an old host passed in an upgrade, by configured
     /// address.
     pub fn add_upgraded(&mut self, sockets: Vec<(SocketAddr, TcpListener)>) {

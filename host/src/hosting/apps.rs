@@ -1,9 +1,11 @@
 //! The apps one host runs, by name: where the control socket and the admin
 //! listener look an app up.
 //!
-//! Only a lookup table. It never starts, reloads or stops an app.
+//! Only a lookup table (and whether a binary upgrade is under way, which
+//! holds changes back). It never starts, reloads or stops an app.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -12,6 +14,9 @@ use crate::app::App;
 /// The apps of one host.
 pub struct Apps {
     apps: ArcSwap<Vec<Arc<App>>>,
+    /// A successor is loading what the apps run now: a change made here
+    /// meanwhile would not reach it.
+    upgrading: AtomicBool,
 }
 
 impl Apps {
@@ -19,7 +24,21 @@ impl Apps {
     pub fn new(apps: Vec<Arc<App>>) -> Self {
         Self {
             apps: ArcSwap::from_pointee(apps),
+            upgrading: AtomicBool::new(false),
         }
+    }
+
+    /// Marks a binary upgrade as under way (or over).
+    pub fn set_upgrading(&self, on: bool) {
+        self.upgrading.store(on, Ordering::Release);
+    }
+
+    /// Refuses a change while a binary upgrade is under way.
+    pub fn check_not_upgrading(&self) -> Result<(), String> {
+        if self.upgrading.load(Ordering::Acquire) {
+            return Err("the host binary is being upgraded, and a change now would not reach the new process; ask again once `wasm-host upgrade` has finished".into());
+        }
+        Ok(())
     }
 
     /// Every app, in the order they were started.

@@ -47,9 +47,10 @@ struct Running {
 }
 
 struct Listening {
-    /// The listening socket's descriptor, for a handoff; open while `task`
-    /// runs.
+    /// The listening socket's descriptor and address, for a handoff; open
+    /// while `task` runs.
     fd: RawFd,
+    bound: SocketAddr,
     table: Arc<ArcSwap<RouteTable>>,
     /// The certificates of a TLS listener, by host name.
     tls: Option<Arc<SniResolver>>,
@@ -142,6 +143,7 @@ impl Supervisor {
             .iter()
             .map(|(addr, l)| PassedSocket {
                 addr: *addr,
+                bound: Some(l.bound),
                 fd: l.fd,
             })
             .collect()
@@ -506,6 +508,7 @@ impl Supervisor {
                 addr,
                 Listening {
                     fd,
+                    bound: local,
                     table,
                     tls: resolver,
                     stop,
