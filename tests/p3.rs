@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Answer, H1, H2, Host, example, get, stamp, write_version};
+use support::{Answer, H1, H2, Host, example, get, notify_listener, stamp, write_version};
 use tokio::sync::Mutex;
 
 /// The admin address the host logged.
@@ -326,31 +326,6 @@ async fn eight_slow_requests_on_one_instance_finish_on_the_old_version() {
         "{retired}"
     );
     assert!(retired.contains("requests_drained=8"), "{retired}");
-}
-
-/// Request lines a listener got, each with the moment it arrived.
-type Seen = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
-
-/// A listener that records the request lines it gets, with their time.
-fn notify_listener() -> (u16, Seen) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let book = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(20) {
-            let Ok(mut stream) = stream else { continue };
-            let mut line = String::new();
-            let _ = BufReader::new(&stream).read_line(&mut line);
-            book.lock()
-                .unwrap()
-                .push((Instant::now(), line.trim().to_string()));
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
