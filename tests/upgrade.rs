@@ -32,6 +32,16 @@ impl Drop for Reap {
     }
 }
 
+/// The process id that follows `marker` in `text` (the upgrade's answer or
+/// its log line).
+fn pid_after(text: &str, marker: &str) -> u32 {
+    text.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid after {marker:?} in {text:?}"))
+}
+
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
@@ -248,12 +258,7 @@ async fn an_upgrade_under_load_drops_nothing_and_keeps_generations() {
     let began = Instant::now();
     let out = host.ctl_ok(&["upgrade"]);
     let upgrade_took = began.elapsed();
-    let new_pid: u32 = out
-        .split("process ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let new_pid = pid_after(&out, "process ");
     let _reap = Reap(new_pid);
     assert_ne!(new_pid, old_pid);
 
@@ -441,12 +446,7 @@ async fn sigusr2_upgrades_and_tells_systemd_the_new_main_pid() {
     });
     host.signal(libc::SIGUSR2);
     let line = host.wait_log("upgrade: the new process serves", Duration::from_secs(60));
-    let new_pid: u32 = line
-        .split("pid=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line}"));
+    let new_pid = pid_after(&line, "pid=");
     let _reap = Reap(new_pid);
     let main_pid = format!("MAINPID={new_pid}");
     notify.next(Duration::from_secs(10), |m| {
@@ -484,12 +484,7 @@ async fn embedded_keyvalue_state_carries_over_an_upgrade() {
         .unwrap();
     assert_eq!(later.status, 202, "{later:?}");
     let out = host.ctl_ok(&["upgrade"]);
-    let new_pid: u32 = out
-        .split("process ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let new_pid = pid_after(&out, "process ");
     let _reap = Reap(new_pid);
     // The new process waits for the old one to let go of the file, then
     // counts on.
