@@ -437,6 +437,10 @@ async fn unsent_or_answer(
 ) -> Option<Result<Answer, String>> {
     match sent {
         Err(e) if e.is_canceled() => None,
+        // HTTP/2's REFUSED_STREAM: the server took no part of the stream
+        // (sent after its GOAWAY), which RFC 9113 §8.7 makes safe to retry.
+        Err(e) if format!("{e:?}").contains("REFUSED_STREAM") => None,
+        Err(e) => Some(Err(format!("send: {e:?}"))),
         sent => Some(answer(std::future::ready(sent)).await),
     }
 }
