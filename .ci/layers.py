@@ -9,11 +9,11 @@ check, which .ci/run also runs). Reads `crate::` paths as text.
 import os, re, sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "host/src"
-# Lowest first. kv (state) and ops (metrics, logs) sit beside everything and
-# reach nothing; oci (the registry client) reaches only the runtime's
+# Lowest first. kv (state), realtime (channels, held-connection protocol)
+# and ops (metrics, logs) sit beside everything and reach nothing; oci (the registry client) reaches only the runtime's
 # digest type.
 RANK = {
-    "ops": 0, "kv": 0,
+    "ops": 0, "kv": 0, "realtime": 0,
     "runtime": 1,
     "oci": 2,
     "app": 3,

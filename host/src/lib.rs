@@ -16,7 +16,8 @@
 //! - [`cli`]: the command line and `serve`, which puts it all together.
 //!
 //! Beside them, used from above and never reaching up: [`kv`] (state),
-//! [`oci`] (the registry client) and [`ops`] (metrics and logs).
+//! [`realtime`] (channels and the protocol of held connections), [`oci`]
+//! (the registry client) and [`ops`] (metrics and logs).
 //!
 //! A request flows `listener → app → version → engine`; a change flows
 //! `trigger → app → version → engine`.
@@ -29,5 +30,6 @@ pub mod hosting;
 pub mod kv;
 pub mod oci;
 pub mod ops;
+pub mod realtime;
 pub mod runtime;
 pub mod supervisor;

@@ -6,6 +6,7 @@
 //! on a worker task. The app never parses command lines and never knows
 //! which trigger asked for a change.
 
+pub mod held;
 pub mod limits;
 mod pipeline;
 pub mod rollout;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
+use self::held::Held;
 use self::limits::{Admission, Capped, Limits, Refusal};
 use self::rollout::{Canary, CanaryPlan};
 use crate::kv::{Keyvalue, KvSettings};
@@ -46,6 +48,8 @@ pub struct AppSettings {
     pub limits: Limits,
     /// Where the app's key-value buckets live.
     pub keyvalue: KvSettings,
+    /// Bounds on the WebSocket connections the host holds for the app.
+    pub realtime: crate::realtime::Limits,
 }
 
 /// The result of a change (reload, promote, abort, rollback) that did not
@@ -205,6 +209,8 @@ pub struct App {
     /// Whether the listener logs each request of this app (an access
     /// line); a config reload switches it without touching the versions.
     access_log: AtomicBool,
+    /// Its channels and held connections, which outlive every version.
+    held: Arc<Held>,
 }
 
 /// The generation that served a request, as an extension of its response,
@@ -231,10 +237,12 @@ impl App {
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path).await?;
+        let held = Held::new(settings.realtime.clone());
         let version = pipeline::load_version(
             &runtime,
             &settings,
             &keyvalue,
+            held.hub(),
             &path,
             bytes.clone(),
             digest,
@@ -265,10 +273,16 @@ impl App {
             started: Instant::now(),
             keyvalue,
             access_log: AtomicBool::new(false),
+            held,
         });
         control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
         app.tier_up(&version, bytes);
         Ok(app)
+    }
+
+    /// Its channels and the connections held open for it.
+    pub fn held(&self) -> &Arc<Held> {
+        &self.held
     }
 
     /// The app's name.

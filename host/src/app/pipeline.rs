@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
 use crate::app::rollout::{Canary, CanaryPlan, ErrorWindow};
 use crate::kv::Keyvalue;
+use crate::realtime::hub::Hub;
 use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
@@ -146,6 +147,7 @@ impl App {
             &self.runtime,
             &self.settings,
             &self.keyvalue,
+            self.held.hub(),
             &path,
             bytes.clone(),
             digest,
@@ -290,6 +292,7 @@ impl App {
                 generation,
                 app.settings.version.clone(),
                 app.keyvalue.clone(),
+                app.held.hub().clone(),
                 false,
             )
             .await;
@@ -402,6 +405,7 @@ pub(super) async fn load_version(
     runtime: &Runtime,
     settings: &AppSettings,
     keyvalue: &Arc<Keyvalue>,
+    hub: &Arc<Hub>,
     path: &Path,
     bytes: Arc<[u8]>,
     digest: Digest,
@@ -420,6 +424,7 @@ pub(super) async fn load_version(
         generation,
         settings.version.clone(),
         keyvalue.clone(),
+        hub.clone(),
         baseline,
     )
     .await;

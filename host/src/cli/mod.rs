@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::limits::Limits;
+use crate::realtime::Limits as RealtimeLimits;
 use crate::app::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 use crate::config::file::Overrides;
 use crate::config::{
@@ -108,7 +109,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "instance_concurrency", "instance_uses", "instance_idle", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "instance_concurrency", "instance_uses", "instance_idle", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "ws_max_connections", "ws_max_message", "ws_ping_interval", "ws_idle_timeout", "ws_send_queue", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -213,6 +214,25 @@ struct ServeArgs {
     /// guest does after it has answered is never cut short this way.
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     hangup_grace: Duration,
+    /// WebSocket connections the app may hold open at once; more are
+    /// answered 503.
+    #[arg(long, value_name = "N", default_value_t = RealtimeLimits::default().max_connections, value_parser = parse_connections)]
+    ws_max_connections: usize,
+    /// Largest message a WebSocket client may send; a larger one closes
+    /// its connection with 1009.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    ws_max_message: usize,
+    /// How often a quiet WebSocket client is pinged.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    ws_ping_interval: Duration,
+    /// How long a WebSocket client may send nothing, not even a pong,
+    /// before it is closed with 1001.
+    #[arg(long, value_name = "DUR", default_value = "90s", value_parser = parse_duration)]
+    ws_idle_timeout: Duration,
+    /// Messages waiting to be written to one WebSocket client; one that
+    /// reads slower is closed with 1008 instead of being buffered for.
+    #[arg(long, value_name = "N", default_value_t = RealtimeLimits::default().send_queue, value_parser = parse_connections)]
+    ws_send_queue: usize,
     /// Client connections one listener keeps open at once; more are
     /// answered 503 and closed at once.
     #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections, value_parser = parse_connections)]
@@ -566,6 +586,13 @@ async fn run(
                         queue_timeout: args.queue_timeout,
                         max_body: args.max_body.map(|n| n as u64),
                         hangup_grace: args.hangup_grace,
+                    },
+                    realtime: RealtimeLimits {
+                        max_connections: args.ws_max_connections,
+                        max_message: args.ws_max_message,
+                        ping_interval: args.ws_ping_interval,
+                        idle_timeout: args.ws_idle_timeout,
+                        send_queue: args.ws_send_queue,
                     },
                     keyvalue: args.keyvalue,
                     data_dir: args.data_dir,

@@ -29,6 +29,7 @@ use crate::hosting::routes::Route;
 use crate::hosting::tls::TlsFiles;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
 use crate::oci::Reference;
+use crate::realtime::Limits as RealtimeLimits;
 use crate::runtime::engine::EngineSettings;
 use crate::runtime::outgoing::OutgoingPolicy;
 use crate::runtime::p3::P3Settings;
@@ -98,6 +99,11 @@ struct AppSpec {
     max_concurrency: Option<Spanned<u64>>,
     max_queue: Option<usize>,
     max_body: Option<Spanned<String>>,
+    ws_max_connections: Option<Spanned<u64>>,
+    ws_max_message: Option<Spanned<String>>,
+    ws_ping_interval: Option<Spanned<String>>,
+    ws_idle_timeout: Option<Spanned<String>>,
+    ws_send_queue: Option<Spanned<u64>>,
     watch: Option<bool>,
     watch_tag: Option<Spanned<String>>,
     reuse_instances: Option<Spanned<u32>>,
@@ -358,6 +364,7 @@ fn app_config(
     let defaults = Limits::default();
     let queue_timeout = duration(problems, &app.queue_timeout, defaults.queue_timeout);
     let hangup_grace = duration(problems, &app.hangup_grace, defaults.hangup_grace);
+    let realtime = realtime_limits(problems, app);
     let max_memory = match &app.max_memory {
         Some(text) => problems.check(text, |s| parse_size(s)).map(Some),
         None => Some(None),
@@ -471,6 +478,7 @@ fn app_config(
                 max_body: max_body?,
                 hangup_grace: hangup_grace?,
             },
+            realtime: realtime?,
         },
         listen,
         route: Route {
@@ -489,6 +497,41 @@ fn app_config(
 
 /// Apps that share an address must agree on TLS: one listener speaks
 /// either TLS or cleartext, not both.
+/// The `ws_*` keys of an app: bounds on its WebSocket connections.
+fn realtime_limits(problems: &mut Problems<'_>, app: &AppSpec) -> Option<RealtimeLimits> {
+    let d = RealtimeLimits::default();
+    let count = |problems: &mut Problems<'_>, value: &Option<Spanned<u64>>, default| match value {
+        None => Some(default),
+        Some(n) => problems.check(n, |&n| match n {
+            1..=1_000_000 => Ok(n as usize),
+            _ => Err("must be from 1 to 1000000".into()),
+        }),
+    };
+    let duration = |problems: &mut Problems<'_>, value: &Option<Spanned<String>>, default| match value
+    {
+        None => Some(default),
+        Some(text) => problems.check(text, |s| match parse_duration(s) {
+            Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+            other => other,
+        }),
+    };
+    let max_connections = count(problems, &app.ws_max_connections, d.max_connections);
+    let send_queue = count(problems, &app.ws_send_queue, d.send_queue);
+    let max_message = match &app.ws_max_message {
+        None => Some(d.max_message),
+        Some(text) => problems.check(text, |s| parse_size(s)),
+    };
+    let ping_interval = duration(problems, &app.ws_ping_interval, d.ping_interval);
+    let idle_timeout = duration(problems, &app.ws_idle_timeout, d.idle_timeout);
+    Some(RealtimeLimits {
+        max_connections: max_connections?,
+        max_message: max_message?,
+        ping_interval: ping_interval?,
+        idle_timeout: idle_timeout?,
+        send_queue: send_queue?,
+    })
+}
+
 fn check_tls(apps: &[(usize, AppConfig)], problems: &mut Problems<'_>) {
     for (i, (at, app)) in apps.iter().enumerate() {
         for (_, earlier) in &apps[..i] {

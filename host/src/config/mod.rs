@@ -126,6 +126,8 @@ pub struct ServeInput {
     pub no_tier_up: bool,
     /// Admission limits.
     pub limits: Limits,
+    /// Bounds on held WebSocket connections.
+    pub realtime: crate::realtime::Limits,
     /// Where the app's key-value buckets live.
     pub keyvalue: StoreChoice,
     /// The host's data directory, or the default.
@@ -224,6 +226,7 @@ impl ServeConfig {
                     data_dir: input.data_dir.unwrap_or_else(default_data_dir),
                     shared: input.shared_buckets,
                 },
+                realtime: input.realtime,
             },
             listen: vec![input.listen],
             route: Route::any(),

@@ -38,6 +38,7 @@ use crate::hosting::access::{self, Arrival};
 use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
 use crate::hosting::routes::{self, RouteTable};
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
+use crate::hosting::websocket;
 use crate::runtime::request::{self, OverTls, Response};
 
 /// Accepts connections on `listener` and serves them with the apps of
@@ -217,6 +218,11 @@ async fn serve_http<S>(
     let watched = activity.clone();
     let h2 = Arc::new(AtomicBool::new(false));
     let (seen_h2, stopping) = (h2.clone(), stop.clone());
+    // A WebSocket the app accepted, to run once hyper hands the socket
+    // over; it runs in this task, so it counts against the listener's
+    // connections and its shutdown grace like any connection.
+    let accepted: Arc<std::sync::Mutex<Option<websocket::Accepted>>> = Arc::default();
+    let upgrade = accepted.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if over_tls {
             req.extensions_mut().insert(OverTls);
@@ -237,6 +243,7 @@ async fn serve_http<S>(
         };
         let arrival = logged.then(|| Arrival::new(app.as_ref().map(|a| a.name()), &req, peer));
         let stopping = stopping.clone();
+        let upgraded = accepted.clone();
         async move {
             let response = match app {
                 _ if req
@@ -251,6 +258,13 @@ async fn serve_http<S>(
                         http::StatusCode::BAD_REQUEST,
                         "a request may carry one Host header, not several\n".into(),
                     )
+                }
+                Some(app) if websocket::is_upgrade(&req) => {
+                    let (response, accepted) = websocket::accept(app, req, stopping.clone()).await;
+                    if let (Some(accepted), Ok(mut slot)) = (accepted, upgraded.lock()) {
+                        *slot = Some(accepted);
+                    }
+                    response
                 }
                 Some(app) => {
                     let late = Arc::new(AtomicBool::new(false));
@@ -287,7 +301,7 @@ async fn serve_http<S>(
         }
     });
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = false;
     // Once an idle connection is told to go (GOAWAY), how long its peer
@@ -304,6 +318,10 @@ async fn serve_http<S>(
                         CONNECTIONS.cut(Cutoff::HeaderTimeout);
                     }
                     tracing::debug!(error = %e, "connection ended with an error");
+                }
+                let session = upgrade.lock().ok().and_then(|mut slot| slot.take());
+                if let Some(session) = session {
+                    session.await;
                 }
                 return;
             }

@@ -14,3 +14,4 @@ pub mod connection;
 pub mod listener;
 pub mod routes;
 pub mod tls;
+pub mod websocket;

@@ -343,6 +343,9 @@ impl Tier {
         crate::runtime::lifecycle::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to link wasm-host:app/info")?;
+        crate::runtime::channels::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasm-host:app/realtime")?;
         crate::kv::guest::add_to_linker(&mut linker, |state: &mut HostState| state.keyvalue())
             .map_err(anyhow::Error::from)
             .context("failed to link wasi:keyvalue")?;

@@ -9,6 +9,7 @@
 //! The lowest layer: it knows nothing of apps, reloads, listeners or
 //! configuration. Callers above decide which version runs what.
 
+pub mod channels;
 pub mod code_cache;
 pub mod component_file;
 pub mod cpu;

@@ -14,6 +14,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::Keyvalue;
+use crate::realtime::hub::Hub;
 use crate::kv::guest::KvView;
 use crate::runtime::outgoing::{OutgoingHooks, OutgoingPolicy};
 use crate::runtime::trace::TraceParent;
@@ -26,6 +27,8 @@ pub struct AppServices {
     pub app: Arc<str>,
     /// The app's buckets.
     pub keyvalue: Arc<Keyvalue>,
+    /// The app's channels, which guests publish to.
+    pub hub: Arc<Hub>,
     /// The values `wasi:config/store` answers with.
     pub config: WasiConfigVariables,
 }
@@ -88,6 +91,11 @@ impl HostState {
     /// The name of the app this store runs.
     pub fn app_name(&self) -> &str {
         &self.services.app
+    }
+
+    /// The app's channels.
+    pub fn hub(&self) -> &Hub {
+        &self.services.hub
     }
 
     /// The guest's view of the app's key-value buckets.

@@ -17,6 +17,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::handler::ProxyHandler;
 
 use crate::kv::Keyvalue;
+use crate::realtime::hub::Hub;
 use crate::ops::metrics::VersionCounters;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::{Runtime, Tier};
@@ -187,6 +188,7 @@ impl Version {
         generation: u64,
         settings: VersionSettings,
         keyvalue: Arc<Keyvalue>,
+        hub: Arc<Hub>,
         baseline: bool,
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
@@ -213,6 +215,7 @@ impl Version {
             tier.is_baseline(),
             settings,
             keyvalue,
+            hub,
         );
         version.compile_time = started.elapsed();
         version.cached = cached;
@@ -233,6 +236,7 @@ impl Version {
             self.baseline,
             self.settings.clone(),
             self.stores.services.keyvalue.clone(),
+            self.stores.services.hub.clone(),
         );
         version.check_ready().await?;
         Ok(version)
@@ -248,10 +252,12 @@ impl Version {
         baseline: bool,
         settings: VersionSettings,
         keyvalue: Arc<Keyvalue>,
+        hub: Arc<Hub>,
     ) -> Self {
         let services = Arc::new(AppServices {
             app: settings.app.clone(),
             keyvalue,
+            hub,
             config: settings.config.iter().cloned().collect(),
         });
         let stores = Arc::new(Stores {
