@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use support::{Host, get, write_version};
 
-/// The admin address the host logged.
-fn admin_addr(host: &Host) -> String {
-    let line = host.wait_log("admin: http://", Duration::from_secs(5));
-    line.split("admin: http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("address in the admin line")
-        .to_string()
-}
-
 /// Scrapes `/metrics` into sample → value, checking the text format as it
 /// goes: every sample line is `name{labels} number`, and every family has
 /// HELP and TYPE lines.
@@ -65,7 +55,7 @@ async fn metrics_count_known_traffic_and_reloads() {
     let app = dir.path().join("faulty.wasm");
     write_version(&app, "faulty", "v1");
     let host = Host::start(&app, &["--no-watch", "--admin", "127.0.0.1:0"]);
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
     assert_eq!(get(&admin, "/healthz").await.unwrap().status, 200);
     assert_eq!(get(&admin, "/readyz").await.unwrap().body, "ready\n");
     assert_eq!(get(&admin, "/nope").await.unwrap().status, 404);
@@ -153,7 +143,7 @@ async fn readyz_turns_unready_while_shutdown_drains() {
     let app = dir.path().join("slow.wasm");
     write_version(&app, "slow", "v1");
     let mut host = Host::start(&app, &["--admin", "127.0.0.1:0"]);
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
     let addr = host.addr.clone();
     let slow = tokio::spawn(async move { get(&addr, "/?ms=2000").await });
     host.wait_in_flight(1).await;

@@ -15,16 +15,6 @@ use std::time::{Duration, Instant};
 use support::{Answer, H1, H2, Host, example, get, notify_listener, stamp, write_version};
 use tokio::sync::Mutex;
 
-/// The admin address the host logged.
-fn admin_addr(host: &Host) -> String {
-    let line = host.wait_log("admin: http://", Duration::from_secs(5));
-    line.split("admin: http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("address in the admin line")
-        .to_string()
-}
-
 /// The value of the metrics sample whose line starts with `sample`.
 async fn metric(admin: &str, sample: &str) -> Option<f64> {
     let answer = get(admin, "/metrics").await.ok()?;
@@ -63,7 +53,7 @@ async fn serves_a_wasi_03_component_and_shows_its_world() {
     let app = dir.path().join("hello-p3.wasm");
     write_version(&app, "hello-p3", "v1");
     let host = Host::start(&app, &["--no-watch", "--admin", "127.0.0.1:0"]);
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
 
     let hello = get(&host.addr, "/").await.unwrap();
     assert_eq!(
@@ -388,7 +378,7 @@ async fn a_trap_fails_its_instance_requests_and_the_host_serves_on() {
     let app = dir.path().join("hello-p3.wasm");
     write_version(&app, "hello-p3", "v1");
     let host = Host::start(&app, &["--no-watch", "--admin", "127.0.0.1:0"]);
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
 
     // Three slow requests, then one that traps, all on one instance.
     let mut tasks = staggered(&host.addr, "/slow?ms=5000", 3, Duration::from_millis(100));
@@ -448,7 +438,7 @@ async fn an_endless_loop_ends_at_the_request_timeout_with_its_instance() {
             "127.0.0.1:0",
         ],
     );
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
 
     let addr = host.addr.clone();
     let slow = tokio::spawn(async move { get(&addr, "/slow?ms=20000").await });
@@ -492,7 +482,7 @@ async fn the_drain_deadline_ends_an_old_instance_and_counts_it() {
             "127.0.0.1:0",
         ],
     );
-    let admin = admin_addr(&host);
+    let admin = host.admin_addr();
 
     let addr = host.addr.clone();
     let slow = tokio::spawn(async move { get(&addr, "/slow?ms=20000").await });

@@ -75,6 +75,15 @@
 //! with `--allow-http`). The async runtime, timers and I/O are those of
 //! [`wstd`], re-exported whole.
 //!
+//! WebSockets and server-sent events live in [`realtime`]: the host holds
+//! the connections and hands the app each batch of a WebSocket's events as
+//! a request ([`realtime::serve`] answers it with a
+//! [`realtime::SocketHandler`]); connections subscribe to channels, and
+//! [`realtime::publish`] reaches every subscriber, from a handler or from
+//! work after the response. Held streams ([`realtime::hold_stream`]) carry
+//! server-sent events the same way. The protocol is Pushpin's, so the same
+//! app also runs behind Pushpin.
+//!
 //! An app built with this crate imports `wasm-host:app/info`, so it runs on
 //! wasm-host; a plain `wstd` or `wasip2` component runs on wasm-host too.
 
@@ -85,6 +94,7 @@ pub mod config;
 mod handler;
 mod hooks;
 pub mod kv;
+pub mod realtime;
 mod response;
 mod router;
 

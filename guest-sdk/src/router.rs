@@ -233,11 +233,17 @@ impl RequestExt for Request {
     }
 
     fn query(&self, name: &str) -> Option<String> {
-        self.uri().query()?.split('&').find_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key, true) == name).then(|| decode(value, true))
-        })
+        query_param(self.uri(), name)
     }
+}
+
+/// The first value of query parameter `name` in `uri`, decoded; shared with
+/// [`realtime::Conn`](crate::realtime::Conn), which has no `Request`.
+pub(crate) fn query_param(uri: &wstd::http::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key, true) == name).then(|| decode(value, true))
+    })
 }
 
 /// Percent-decodes `text`; in a query, `+` also means a space. Malformed

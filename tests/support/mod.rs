@@ -332,6 +332,16 @@ impl Host {
         serde_json::from_str(&out).expect("status --json prints JSON")
     }
 
+    /// The admin address the host logged (it was started with `--admin`).
+    pub fn admin_addr(&self) -> String {
+        let line = self.wait_log("admin: http://", Duration::from_secs(5));
+        line.split("admin: http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("address in the admin line")
+            .to_string()
+    }
+
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

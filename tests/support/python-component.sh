@@ -71,7 +71,8 @@ find_wit() {
         "or set WASM_HOST_P3_WIT to a directory holding wasi:http@0.3 WIT with its deps"
 }
 wit="$(find_wit)"
-http_version="$(sed -n 's/^package wasi:http@\([^;]*\);.*/\1/p' "$wit"/deps/*.wit "$wit"/*.wit 2>/dev/null | head -n1)"
+http_version="$(grep -rhs --include='*.wit' '^package wasi:http@' "$wit" |
+    sed -n 's/^package wasi:http@\([^;]*\);.*/\1/p' | head -n1)" || true
 [ -n "$http_version" ] || fail "no 'package wasi:http@…;' in the WIT files under $wit"
 world="wasi:http/service@$http_version"
 
@@ -120,7 +121,7 @@ install_tool() {
     # Debian without python3-venv: venv fails for want of ensurepip. Install
     # into a plain directory with the system's pip instead (--target also
     # passes Debian's externally-managed guard).
-    echo "$me: '$python -m venv' failed ($(head -n1 "$log")); using pip install --target" >&2
+    echo "$me: '$python -m venv' failed (no python3-venv? see $log); using pip install --target" >&2
     rm -rf "$tool"
     "$python" -m pip --version >/dev/null 2>&1 ||
         fail "$python has neither a working venv module nor pip" \

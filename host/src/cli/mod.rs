@@ -13,7 +13,6 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::limits::Limits;
-use crate::realtime::Limits as RealtimeLimits;
 use crate::app::rollout::{AbortRule, CanaryPlan, DEFAULT_STICKY_HEADER};
 use crate::config::file::Overrides;
 use crate::config::{
@@ -28,6 +27,7 @@ use crate::kv::StoreChoice;
 use crate::oci::Reference;
 use crate::ops::log_format::{self, EscapedFields, HostFile, JsonLines, LogFormat};
 use crate::ops::logfile::{self, ACCESS_TARGET, LogSettings};
+use crate::realtime::Limits as RealtimeLimits;
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
 /// zero downtime.

@@ -507,14 +507,14 @@ fn realtime_limits(problems: &mut Problems<'_>, app: &AppSpec) -> Option<Realtim
             _ => Err("must be from 1 to 1000000".into()),
         }),
     };
-    let duration = |problems: &mut Problems<'_>, value: &Option<Spanned<String>>, default| match value
-    {
-        None => Some(default),
-        Some(text) => problems.check(text, |s| match parse_duration(s) {
-            Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
-            other => other,
-        }),
-    };
+    let duration =
+        |problems: &mut Problems<'_>, value: &Option<Spanned<String>>, default| match value {
+            None => Some(default),
+            Some(text) => problems.check(text, |s| match parse_duration(s) {
+                Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+                other => other,
+            }),
+        };
     let max_connections = count(problems, &app.ws_max_connections, d.max_connections);
     let send_queue = count(problems, &app.ws_send_queue, d.send_queue);
     let max_message = match &app.ws_max_message {

@@ -9,15 +9,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::App;
 use crate::hosting::apps::Apps;
 use crate::hosting::listener::Backoff;
+use crate::ops::held_metrics::HeldView;
 use crate::ops::metrics::{self, AppView, VersionView};
 use crate::runtime::engine::Runtime;
 
@@ -43,8 +45,16 @@ pub async fn serve(
         };
         let (apps, runtime, shutdown) = (apps.clone(), runtime.clone(), shutdown.clone());
         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let answer = answer(req.uri().path(), &apps, &runtime, &shutdown);
-            async move { Ok::<_, Infallible>(answer) }
+            let (apps, runtime, shutdown) = (apps.clone(), runtime.clone(), shutdown.clone());
+            async move {
+                let target =
+                    publish_target(req.method(), req.uri().path()).map(|t| t.map(str::to_string));
+                let answer = match target {
+                    Some(target) => publish(req, target.as_deref(), &apps).await,
+                    None => answer(req.uri().path(), &apps, &runtime, &shutdown),
+                };
+                Ok::<_, Infallible>(answer)
+            }
         });
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -77,9 +87,65 @@ fn answer(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n".into(),
+            "not found; try /metrics, /healthz, /readyz, or POST /publish/\n".into(),
         ),
     }
+}
+
+/// Largest publish body taken.
+const MAX_PUBLISH: usize = 1 << 20;
+
+/// Which apps a `POST` publishes to: `/publish/` every app (as Pushpin's
+/// endpoint, for a host serving one app), `/apps/NAME/publish/` one.
+fn publish_target<'a>(method: &http::Method, path: &'a str) -> Option<Option<&'a str>> {
+    if method != http::Method::POST {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    if path == "/publish" {
+        return Some(None);
+    }
+    let name = path.strip_prefix("/apps/")?.strip_suffix("/publish")?;
+    (!name.is_empty() && !name.contains('/')).then_some(Some(name))
+}
+
+/// Publishes the GRIP items of `req` to the channels of `target` (one
+/// app, or every app).
+async fn publish(
+    req: Request<hyper::body::Incoming>,
+    target: Option<&str>,
+    apps: &Apps,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_PUBLISH).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the publish body could not be read or is over {MAX_PUBLISH} bytes: {e}\n"),
+            );
+        }
+    };
+    let items = match crate::realtime::publish::parse(&body) {
+        Ok(items) => items,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let all = apps.all();
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|app| target.is_none_or(|name| app.name() == name))
+        .collect();
+    if let (Some(name), true) = (target, chosen.is_empty()) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app is named {name}; see `wasm-host status`\n"),
+        );
+    }
+    for item in items {
+        for app in &chosen {
+            app.held().hub().publish(item.clone());
+        }
+    }
+    text(StatusCode::OK, "Published\n".into())
 }
 
 fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
@@ -103,9 +169,24 @@ fn render(apps: &Apps, runtime: &Runtime, ready: bool) -> String {
                     counters: v.counters(),
                 })
                 .collect(),
+            held: held_view(app),
         })
         .collect();
     metrics::render(&views, &runtime.pools(), ready)
+}
+
+fn held_view(app: &App) -> HeldView {
+    let (held, hub) = (app.held().counts(), app.held().hub().counts());
+    HeldView {
+        open: held.open,
+        opened: held.opened,
+        messages_in: held.messages_in,
+        messages_out: held.messages_out,
+        closed_slow: held.closed_slow,
+        closed_too_big: held.closed_too_big,
+        published: hub.published,
+        delivered: hub.delivered,
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

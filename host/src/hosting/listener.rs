@@ -37,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use crate::hosting::access::{self, Arrival};
 use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
 use crate::hosting::routes::{self, RouteTable};
+use crate::hosting::{hold, websocket};
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
-use crate::hosting::websocket;
 use crate::runtime::request::{self, OverTls, Response};
 
 /// Accepts connections on `listener` and serves them with the apps of
@@ -269,7 +269,7 @@ async fn serve_http<S>(
                 Some(app) => {
                     let late = Arc::new(AtomicBool::new(false));
                     let req = req.map(|body| Paced::new(body, body_timeout, late.clone()));
-                    let response = app.handle(req).await;
+                    let response = hold::hold(&app, app.handle(req).await, stopping.clone());
                     if late.load(Ordering::Relaxed) && response.status().is_server_error() {
                         CONNECTIONS.cut(Cutoff::BodyTimeout);
                         request::plain(

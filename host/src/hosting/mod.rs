@@ -11,6 +11,7 @@ pub mod access;
 pub mod activation;
 pub mod apps;
 pub mod connection;
+pub mod hold;
 pub mod listener;
 pub mod routes;
 pub mod tls;

@@ -290,6 +290,8 @@ pub struct AppView<'a> {
     pub metrics: &'a AppMetrics,
     /// Its versions alive now.
     pub versions: Vec<VersionView<'a>>,
+    /// Its held connections and channels.
+    pub held: crate::ops::held_metrics::HeldView,
 }
 
 /// Renders everything in the Prometheus text exposition format (0.0.4).
@@ -552,6 +554,8 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
         }
     }
     render_refused(&mut out);
+    let held: Vec<_> = apps.iter().map(|a| (a.name, a.held)).collect();
+    crate::ops::held_metrics::render(&mut out, &held);
     out
 }
 
@@ -616,7 +620,7 @@ fn each_version<'a>(
 }
 
 /// Escapes a label value.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -653,10 +657,15 @@ mod tests {
             name: "sh\"op",
             metrics: &metrics,
             versions: versions.into(),
+            held: crate::ops::held_metrics::HeldView {
+                open: 3,
+                ..Default::default()
+            },
         }];
         let text = render(&apps, &[], true);
         for line in [
             "wasm_host_ready 1",
+            r#"wasm_host_websockets_open{app="sh\"op"} 3"#,
             r#"wasm_host_requests_total{app="sh\"op",generation="2",class="2xx"} 2"#,
             r#"wasm_host_requests_total{app="sh\"op",generation="2",class="5xx"} 1"#,
             r#"wasm_host_request_duration_seconds_bucket{app="sh\"op",le="0.0005"} 1"#,

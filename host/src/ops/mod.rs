@@ -4,6 +4,7 @@
 //!
 //! Used from every layer; reaches none of them.
 
+pub mod held_metrics;
 pub mod log_format;
 pub mod logfile;
 pub mod metrics;

@@ -179,12 +179,18 @@ mod tests {
     fn broken_bodies_are_refused_with_where() {
         let bad = |s: &'static [u8]| decode(&Bytes::from_static(s)).unwrap_err();
         assert_eq!(bad(b"OPEN"), EventsError::Unterminated(0));
-        assert_eq!(bad(b"TEXT 10\r\nshort\r\n"), EventsError::BadLength("10".into()));
+        assert_eq!(
+            bad(b"TEXT 10\r\nshort\r\n"),
+            EventsError::BadLength("10".into())
+        );
         assert_eq!(bad(b"TEXT zz\r\n"), EventsError::BadLength("zz".into()));
         assert_eq!(bad(b"TEXT 2\r\nabc\r\n"), EventsError::MissingCrlf(10));
         assert_eq!(bad(b"SHOUT\r\n"), EventsError::UnknownType("SHOUT".into()));
         assert_eq!(bad(b"CLOSE 1\r\nx\r\n"), EventsError::BadClose);
         // A length near usize::MAX must not overflow.
-        assert!(matches!(bad(b"TEXT ffffffffffffffff\r\n"), EventsError::BadLength(_)));
+        assert!(matches!(
+            bad(b"TEXT ffffffffffffffff\r\n"),
+            EventsError::BadLength(_)
+        ));
     }
 }

@@ -113,11 +113,16 @@ fn keep_alive(value: &str) -> (Vec<u8>, Duration) {
         }
     }
     let data = if cstring {
-        data.replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
+        data.replace("\\n", "\n")
+            .replace("\\r", "\r")
+            .replace("\\\\", "\\")
     } else {
         data.to_string()
     };
-    (data.into_bytes(), Duration::from_secs(timeout.clamp(1, 3600)))
+    (
+        data.into_bytes(),
+        Duration::from_secs(timeout.clamp(1, 3600)),
+    )
 }
 
 #[cfg(test)]
@@ -136,7 +141,11 @@ mod tests {
         );
         assert_eq!(control(r#"{"type":"detach"}"#), Ok(Control::Detach));
         assert_eq!(control(r#"{"type":"x"}"#), Ok(Control::Other("x".into())));
-        assert!(control(r#"{"type":"subscribe"}"#).unwrap_err().contains("no channel"));
+        assert!(
+            control(r#"{"type":"subscribe"}"#)
+                .unwrap_err()
+                .contains("no channel")
+        );
         assert!(control("nope").unwrap_err().contains("not JSON"));
     }
 

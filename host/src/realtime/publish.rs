@@ -62,7 +62,9 @@ impl Item {
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// Not JSON of the expected shape.
-    #[error("the publish body is not GRIP JSON ({0}); expected {{\"items\": [{{\"channel\": \"…\", \"formats\": {{\"ws-message\": {{\"content\": \"…\"}}}}}}]}}")]
+    #[error(
+        "the publish body is not GRIP JSON ({0}); expected {{\"items\": [{{\"channel\": \"…\", \"formats\": {{\"ws-message\": {{\"content\": \"…\"}}}}}}]}}"
+    )]
     Json(#[from] serde_json::Error),
     /// An item with no channel name.
     #[error("item {0} has an empty channel name")]
@@ -181,7 +183,10 @@ mod tests {
             items[0].stream,
             Some(StreamPart::Content(Bytes::from_static(b"data: hi\n\n")))
         );
-        assert_eq!(items[1].ws, Some(Message::Binary(Bytes::from_static(&[0, 1, 2]))));
+        assert_eq!(
+            items[1].ws,
+            Some(Message::Binary(Bytes::from_static(&[0, 1, 2])))
+        );
         assert_eq!(items[1].stream, None);
         assert_eq!(items[2].stream, Some(StreamPart::Close));
     }
@@ -190,9 +195,18 @@ mod tests {
     fn bad_publishes_say_what_is_wrong() {
         let err = |s: &str| parse(s.as_bytes()).unwrap_err().to_string();
         assert!(err("nope").contains("not GRIP JSON"));
-        assert!(err(r#"{"items":[{"channel":"","formats":{"ws-message":{"content":"x"}}}]}"#).contains("empty channel"));
+        assert!(
+            err(r#"{"items":[{"channel":"","formats":{"ws-message":{"content":"x"}}}]}"#)
+                .contains("empty channel")
+        );
         assert!(err(r#"{"items":[{"channel":"a","formats":{}}]}"#).contains("neither"));
-        assert!(err(r#"{"items":[{"channel":"a","formats":{"ws-message":{}}}]}"#).contains("no content"));
-        assert!(err(r#"{"items":[{"channel":"a","formats":{"ws-message":{"content-bin":"!!"}}}]}"#).contains("not base64"));
+        assert!(
+            err(r#"{"items":[{"channel":"a","formats":{"ws-message":{}}}]}"#)
+                .contains("no content")
+        );
+        assert!(
+            err(r#"{"items":[{"channel":"a","formats":{"ws-message":{"content-bin":"!!"}}}]}"#)
+                .contains("not base64")
+        );
     }
 }

@@ -14,8 +14,8 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::Keyvalue;
-use crate::realtime::hub::Hub;
 use crate::kv::guest::KvView;
+use crate::realtime::hub::Hub;
 use crate::runtime::outgoing::{OutgoingHooks, OutgoingPolicy};
 use crate::runtime::trace::TraceParent;
 

@@ -17,8 +17,8 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::handler::ProxyHandler;
 
 use crate::kv::Keyvalue;
-use crate::realtime::hub::Hub;
 use crate::ops::metrics::VersionCounters;
+use crate::realtime::hub::Hub;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::{Runtime, Tier};
 use crate::runtime::guest_log::GuestLog;

@@ -104,7 +104,10 @@ pub struct Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     /// The app answered something other than `200` with events.
-    #[error("the app answered {status} instead of 200 with {}", events::CONTENT_TYPE)]
+    #[error(
+        "the app answered {status} instead of 200 with {}",
+        events::CONTENT_TYPE
+    )]
     Refused {
         /// Its status.
         status: StatusCode,
@@ -160,7 +163,10 @@ pub async fn send(
     }
 
     let response = app.handle(req).await;
-    let generation = response.extensions().get::<ServedBy>().map(|s| s.generation);
+    let generation = response
+        .extensions()
+        .get::<ServedBy>()
+        .map(|s| s.generation);
     let is_events = response
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -197,7 +203,10 @@ pub async fn send(
                 .push((key.to_string(), value.map(str::to_string)));
         }
     }
-    answer.protocol = parts.headers.get(http::header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    answer.protocol = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .cloned();
     answer.grip = parts
         .headers
         .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)

@@ -89,7 +89,10 @@ pub async fn accept(
             return (
                 request::plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("{} did not answer the WebSocket opening properly: {e}\n", app.name()),
+                    format!(
+                        "{} did not answer the WebSocket opening properly: {e}\n",
+                        app.name()
+                    ),
                 ),
                 None,
             );
@@ -100,7 +103,10 @@ pub async fn accept(
         return (
             request::plain(
                 StatusCode::FORBIDDEN,
-                format!("{} did not accept the WebSocket (its answer to OPEN has no OPEN event)\n", app.name()),
+                format!(
+                    "{} did not accept the WebSocket (its answer to OPEN has no OPEN event)\n",
+                    app.name()
+                ),
             ),
             None,
         );
@@ -113,7 +119,10 @@ pub async fn accept(
     let headers = switching.headers_mut();
     headers.remove(http::header::CONTENT_TYPE);
     headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
