@@ -596,3 +596,39 @@ async fn sigterm_lets_03_requests_in_flight_finish() {
     let status = host.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+/// A 0.3 component from a second toolchain: Python, by componentize-py
+/// (tests/support/python-component.sh installs it from PyPI and caches
+/// the build between runs). It loads as 0.3, answers, and runs several
+/// slow requests at once on its instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_python_03_component_built_by_componentize_py() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/python-component.sh");
+    let built = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        built.status.success(),
+        "building the Python component failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let built = String::from_utf8(built.stdout).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("python.wasm");
+    std::fs::copy(built.trim(), &app).expect("copy the component");
+    let host = Host::start(&app, &["--no-watch"]);
+
+    let hello = get(&host.addr, "/").await.unwrap();
+    assert_eq!((hello.status, hello.body.as_str()), (200, "hello from python\n"));
+    assert_eq!(get(&host.addr, "/nowhere").await.unwrap().status, 404);
+    let slow = staggered(&host.addr, "/slow?ms=300", 8, Duration::from_millis(10));
+    for answer in slow {
+        let answer = answer.await.unwrap().unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "slow done\n"));
+    }
+    let status = host.status_json();
+    assert_eq!(status["apps"][0]["app"], "python");
+    assert_eq!(status["apps"][0]["versions"][0]["world"], "0.3");
+}
