@@ -389,3 +389,81 @@ async fn sigterm_closes_websockets_with_1001_after_in_flight_work() {
     assert_eq!(codes, vec![Some(CloseCode::Away); 3]);
     assert!(host.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_fan_out_through_redis_to_every_host_once() {
+    let redis = support::redis::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("chat.wasm");
+    write_version(&app, "chat", "v1");
+    let args = [
+        "--no-watch",
+        "--admin",
+        "127.0.0.1:0",
+        "--keyvalue",
+        redis.url.as_str(),
+    ];
+    let (a, b) = (Host::start(&app, &args), Host::start(&app, &args));
+    let mut on_a = open(&a.addr, "/ws").await;
+    let mut on_b = open(&b.addr, "/ws").await;
+    echo(&mut on_a, "ready").await;
+    echo(&mut on_b, "ready").await;
+    // Each host's Redis subscription is up once its own publish comes back.
+    for (host, ws) in [(&a, &mut on_a), (&b, &mut on_b)] {
+        let mut back = false;
+        for attempt in 0..50 {
+            let probe = format!("probe-{attempt}");
+            send(&host.addr, "POST", "/publish", probe.clone().into_bytes())
+                .await
+                .expect("POST /publish");
+            if let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+            {
+                assert!(t.starts_with("probe-"), "{t}");
+                back = true;
+                break;
+            }
+        }
+        assert!(back, "publishes never came back through Redis");
+    }
+    // Drain the probes the other client got meanwhile.
+    for ws in [&mut on_a, &mut on_b] {
+        while let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+        {
+            assert!(t.starts_with("probe-"), "{t}");
+        }
+    }
+
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let from_guest = format!("from-a-{i}");
+        send(&a.addr, "POST", "/publish", from_guest.clone().into_bytes())
+            .await
+            .expect("POST /publish on a");
+        expected.push(from_guest);
+        let from_outside = format!("from-b-admin-{i}");
+        let body = serde_json::json!({"items": [{"channel": "room", "formats": {"ws-message": {"content": from_outside}}}]});
+        let answer = send(&b.admin_addr(), "POST", "/publish/", body.to_string().into_bytes())
+            .await
+            .expect("publish on b");
+        assert_eq!(answer.status, 200);
+        expected.push(from_outside);
+    }
+    expected.sort();
+    for (name, ws) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            got.push(next_text(ws, Duration::from_secs(5)).await);
+        }
+        // Nothing more: no item came twice.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), ws.next())
+                .await
+                .is_err(),
+            "host {name} got an extra item"
+        );
+        got.sort();
+        assert_eq!(got, expected, "host {name}");
+    }
+}

@@ -238,6 +238,11 @@ impl App {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path).await?;
         let held = Held::new(settings.realtime.clone());
+        if let crate::kv::StoreChoice::Redis(url) = &settings.keyvalue.choice
+            && let Err(e) = crate::realtime::fanout::start(held.hub(), url, &settings.name)
+        {
+            tracing::warn!(app = %settings.name, error = %e, "publishes stay on this host: Redis cannot be used for them");
+        }
         let version = pipeline::load_version(
             &runtime,
             &settings,

@@ -19,6 +19,13 @@ pub(crate) mod guest;
 mod memory;
 mod redis;
 
+/// A Redis client for `url` (`redis://` or `rediss://`, with `?ca=FILE`
+/// trusted for TLS), for other parts of the host that talk to the same
+/// server as the app's buckets.
+pub fn redis_client(url: &str) -> Result<::redis::Client, KvError> {
+    redis::client(url)
+}
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

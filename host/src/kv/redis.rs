@@ -69,7 +69,7 @@ fn split_ca(url: &str) -> (String, Option<&str>) {
 }
 
 /// The client for `url`, trusting the CA file named by `?ca=` if any.
-fn client(url: &str) -> Result<redis::Client, KvError> {
+pub(super) fn client(url: &str) -> Result<redis::Client, KvError> {
     let (plain, ca) = split_ca(url);
     let Some(ca) = ca else {
         return redis::Client::open(plain).map_err(|e| failed(url, e));

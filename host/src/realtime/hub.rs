@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -24,6 +24,10 @@ pub struct Hub {
     published: AtomicU64,
     delivered: AtomicU64,
     overflowed: AtomicU64,
+    /// Where publishes go first when they fan out to other hosts (see
+    /// [`crate::realtime::fanout`]); they come back through
+    /// [`Hub::deliver`].
+    fan_out: OnceLock<mpsc::UnboundedSender<Item>>,
 }
 
 #[derive(Clone)]
@@ -77,10 +81,32 @@ impl Hub {
         }
     }
 
-    /// Hands `item` to every mailbox subscribed to its channel; returns how
-    /// many took it.
+    /// Sends every later publish through `tx` rather than delivering it
+    /// here at once. Set once; a second call is ignored.
+    pub fn fan_out(&self, tx: mpsc::UnboundedSender<Item>) {
+        let _ = self.fan_out.set(tx);
+    }
+
+    /// Publishes `item`: delivered here, or, when publishes fan out, sent
+    /// to every host (this one included). Returns how many mailboxes of
+    /// this host are subscribed to its channel.
     pub fn publish(&self, item: Item) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
+        match self.fan_out.get() {
+            None => self.deliver(item),
+            Some(tx) => {
+                let local = self.subscribers(&item.channel);
+                if let Err(mpsc::error::SendError(item)) = tx.send(item) {
+                    return self.deliver(item);
+                }
+                local
+            }
+        }
+    }
+
+    /// Hands `item` to every mailbox of this host subscribed to its
+    /// channel; returns how many took it.
+    pub fn deliver(&self, item: Item) -> usize {
         let item = Arc::new(item);
         let subscribers: Vec<Subscriber> = match self.channels.lock() {
             Ok(channels) => channels

@@ -7,6 +7,7 @@
 //! version, which is what lets a connection stay open across reloads.
 
 pub mod events;
+pub mod fanout;
 pub mod grip;
 pub mod hub;
 pub mod publish;

@@ -124,6 +124,41 @@ impl RawContent {
     }
 }
 
+/// `items` in the GRIP publish format, which [`parse`] reads back.
+pub fn to_json(items: &[Item]) -> String {
+    let b64 = |b: &Bytes| base64::engine::general_purpose::STANDARD.encode(b);
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|item| {
+            let mut formats = serde_json::Map::new();
+            match &item.ws {
+                Some(Message::Text(t)) => {
+                    formats.insert("ws-message".into(), serde_json::json!({ "content": t }));
+                }
+                Some(Message::Binary(b)) => {
+                    formats.insert("ws-message".into(), serde_json::json!({ "content-bin": b64(b) }));
+                }
+                None => {}
+            }
+            match &item.stream {
+                Some(StreamPart::Content(b)) => {
+                    formats.insert("http-stream".into(), serde_json::json!({ "content-bin": b64(b) }));
+                }
+                Some(StreamPart::Close) => {
+                    formats.insert("http-stream".into(), serde_json::json!({ "action": "close" }));
+                }
+                None => {}
+            }
+            let mut value = serde_json::json!({ "channel": item.channel, "formats": formats });
+            if let Some(id) = &item.id {
+                value["id"] = serde_json::Value::String(id.clone());
+            }
+            value
+        })
+        .collect();
+    serde_json::json!({ "items": items }).to_string()
+}
+
 /// Reads a GRIP publish body into items, all or none.
 pub fn parse(body: &[u8]) -> Result<Vec<Item>, PublishError> {
     let body: Body = serde_json::from_slice(body)?;
@@ -189,6 +224,23 @@ mod tests {
         );
         assert_eq!(items[1].stream, None);
         assert_eq!(items[2].stream, Some(StreamPart::Close));
+    }
+
+    #[test]
+    fn items_survive_the_json_round_trip() {
+        let items = vec![
+            Item {
+                id: Some("7".into()),
+                ..Item::message("a", Message::Text("hi".into()))
+            },
+            Item {
+                channel: "b".into(),
+                id: None,
+                ws: Some(Message::Binary(Bytes::from_static(&[0, 255]))),
+                stream: Some(StreamPart::Close),
+            },
+        ];
+        assert_eq!(parse(to_json(&items).as_bytes()).unwrap(), items);
     }
 
     #[test]
