@@ -290,6 +290,19 @@ impl App {
         &self.held
     }
 
+    /// Counts WebSocket messages handled by generation `generation`:
+    /// `received` from clients, `sent` in its answer.
+    pub fn count_messages(&self, generation: u64, received: usize, sent: usize) {
+        self.held.received(received);
+        if let Some(version) = self
+            .versions()
+            .into_iter()
+            .find(|v| v.generation() == generation)
+        {
+            version.counters().websocket_messages(received, sent);
+        }
+    }
+
     /// The app's name.
     pub fn name(&self) -> &str {
         &self.settings.name

@@ -236,6 +236,10 @@ pub struct AppStatus {
     /// its digest; `None` for a local file.
     #[serde(default)]
     pub source: Option<String>,
+    /// WebSocket connections the host holds open for the app. They belong
+    /// to no version: each batch of their events goes to the live one.
+    #[serde(default)]
+    pub websockets_open: usize,
 }
 
 /// A snapshot of one version.
@@ -266,6 +270,12 @@ pub struct VersionStatus {
     /// responses); 0 for 0.2.
     #[serde(default)]
     pub instances: usize,
+    /// WebSocket messages from clients this version handled.
+    #[serde(default)]
+    pub messages_in: u64,
+    /// WebSocket messages this version sent in its answers.
+    #[serde(default)]
+    pub messages_out: u64,
     /// The component file its code was loaded from (for a rolled-back
     /// generation, that of the generation it revives).
     #[serde(default)]
@@ -679,6 +689,8 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             tier: v.tier().to_string(),
             world: v.world().name().to_string(),
             instances: v.instances_alive(),
+            messages_in: v.counters().messages().0,
+            messages_out: v.counters().messages().1,
             path: app.source_of(v.generation()),
             source: app
                 .source_of(v.generation())
@@ -697,6 +709,7 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
         versions,
         keyvalue: app.keyvalue().describe(),
         source: puller.origin(app.name()).map(|r| r.to_string()),
+        websockets_open: app.held().counts().open,
     }
 }
 

@@ -111,6 +111,9 @@ pub struct VersionCounters {
     /// Requests that failed because their 0.3 instance was ended under
     /// them (by their own trap or timeout, or another request's).
     poisoned: AtomicU64,
+    /// WebSocket messages it handled: from clients, and sent in its
+    /// answers.
+    messages: [AtomicU64; 2],
 }
 
 impl VersionCounters {
@@ -153,6 +156,21 @@ impl VersionCounters {
     /// Responses with a status in class `n`xx (1 to 5).
     pub fn class(&self, n: usize) -> u64 {
         self.classes[n - 1].load(Relaxed)
+    }
+
+    /// Counts WebSocket messages this version handled: `received` from
+    /// clients, `sent` in its answers.
+    pub fn websocket_messages(&self, received: usize, sent: usize) {
+        self.messages[0].fetch_add(received as u64, Relaxed);
+        self.messages[1].fetch_add(sent as u64, Relaxed);
+    }
+
+    /// WebSocket messages handled so far: (received, sent).
+    pub fn messages(&self) -> (u64, u64) {
+        (
+            self.messages[0].load(Relaxed),
+            self.messages[1].load(Relaxed),
+        )
     }
 
     /// Responses of every class.
@@ -419,6 +437,23 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
                 "wasm_host_requests_total{{app=\"{app}\",generation=\"{}\",class=\"{n}xx\"}} {}",
                 v.generation,
                 v.counters.class(n)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "wasm_host_version_websocket_messages_total",
+        "counter",
+        "WebSocket messages a version handled: `in` from clients, `out` in its answers.",
+    );
+    for (app, v) in each_version(apps) {
+        let (received, sent) = v.counters.messages();
+        for (direction, n) in [("in", received), ("out", sent)] {
+            let _ = writeln!(
+                out,
+                "wasm_host_version_websocket_messages_total{{app=\"{app}\",generation=\"{}\",direction=\"{direction}\"}} {n}",
+                v.generation
             );
         }
     }

@@ -34,7 +34,12 @@ pub fn start(hub: &Arc<Hub>, url: &str, app: &str) -> Result<(), String> {
     let channel = channel_of(app);
     let (tx, rx) = mpsc::unbounded_channel();
     hub.fan_out(tx);
-    tokio::spawn(send(client.clone(), channel.clone(), rx, Arc::downgrade(hub)));
+    tokio::spawn(send(
+        client.clone(),
+        channel.clone(),
+        rx,
+        Arc::downgrade(hub),
+    ));
     tokio::spawn(receive(client, channel, Arc::downgrade(hub)));
     Ok(())
 }
@@ -96,12 +101,19 @@ async fn receive(client: redis::Client, channel: String, hub: std::sync::Weak<Hu
                                     hub.deliver(item);
                                 }
                             }
-                            Err(e) => tracing::warn!(channel, error = %e, "a message on the Redis channel is not a publish; skipped"),
+                            Err(e) => {
+                                tracing::warn!(channel, error = %e, "a message on the Redis channel is not a publish; skipped")
+                            }
                         }
                     }
-                    tracing::warn!(channel, "the Redis subscription for publishes ended; reconnecting");
+                    tracing::warn!(
+                        channel,
+                        "the Redis subscription for publishes ended; reconnecting"
+                    );
                 }
-                Err(e) => tracing::warn!(channel, error = %e, "could not subscribe to Redis for publishes"),
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "could not subscribe to Redis for publishes")
+                }
             },
             Err(e) => tracing::warn!(channel, error = %e, "could not reach Redis for publishes"),
         }

@@ -136,16 +136,25 @@ pub fn to_json(items: &[Item]) -> String {
                     formats.insert("ws-message".into(), serde_json::json!({ "content": t }));
                 }
                 Some(Message::Binary(b)) => {
-                    formats.insert("ws-message".into(), serde_json::json!({ "content-bin": b64(b) }));
+                    formats.insert(
+                        "ws-message".into(),
+                        serde_json::json!({ "content-bin": b64(b) }),
+                    );
                 }
                 None => {}
             }
             match &item.stream {
                 Some(StreamPart::Content(b)) => {
-                    formats.insert("http-stream".into(), serde_json::json!({ "content-bin": b64(b) }));
+                    formats.insert(
+                        "http-stream".into(),
+                        serde_json::json!({ "content-bin": b64(b) }),
+                    );
                 }
                 Some(StreamPart::Close) => {
-                    formats.insert("http-stream".into(), serde_json::json!({ "action": "close" }));
+                    formats.insert(
+                        "http-stream".into(),
+                        serde_json::json!({ "action": "close" }),
+                    );
                 }
                 None => {}
             }

@@ -43,7 +43,9 @@ const MAX_PENDING: usize = 256;
 /// once the session ends.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
-type Reply = Pin<Box<dyn Future<Output = Result<Answer, ExchangeError>> + Send>>;
+/// A batch in flight: how many client messages it carries, and the
+/// app's answer to come.
+type Reply = Pin<Box<dyn Future<Output = (usize, Result<Answer, ExchangeError>)> + Send>>;
 
 /// A connection the app accepted, before its socket is handed over.
 pub struct Session {
@@ -147,10 +149,12 @@ impl Session {
                     .iter()
                     .filter(|e| matches!(e, Event::Text(_) | Event::Binary(_)))
                     .count();
-                self.app.held().received(messages);
                 let (app, base, meta) = (self.app.clone(), self.base.clone(), self.meta.clone());
                 in_flight = Some(Box::pin(async move {
-                    exchange::send(&app, &base, &meta, &batch, max_answer).await
+                    (
+                        messages,
+                        exchange::send(&app, &base, &meta, &batch, max_answer).await,
+                    )
                 }));
             }
             if in_flight.is_none() && (phase != Phase::Open || stopping) {
@@ -160,10 +164,22 @@ impl Session {
                 break;
             }
             tokio::select! {
-                answer = poll_reply(&mut in_flight), if in_flight.is_some() => {
+                (received, answer) = poll_reply(&mut in_flight), if in_flight.is_some() => {
                     in_flight = None;
                     match answer {
                         Ok(answer) => {
+                            let sent = answer
+                                .events
+                                .iter()
+                                .filter(|e| match e {
+                                    Event::Text(t) => !(self.grip && t.starts_with(grip::CONTROL_PREFIX.as_bytes())),
+                                    Event::Binary(_) => true,
+                                    _ => false,
+                                })
+                                .count();
+                            if let Some(generation) = answer.generation {
+                                self.app.count_messages(generation, received, sent);
+                            }
                             self.set_meta(&answer);
                             if self.apply(answer.events, &mut writer_io).is_err() {
                                 phase = Phase::Closed;
@@ -333,7 +349,7 @@ fn strip_message_prefix(data: &Bytes) -> Bytes {
     }
 }
 
-async fn poll_reply(reply: &mut Option<Reply>) -> Result<Answer, ExchangeError> {
+async fn poll_reply(reply: &mut Option<Reply>) -> (usize, Result<Answer, ExchangeError>) {
     match reply {
         Some(reply) => reply.await,
         None => std::future::pending().await,
