@@ -603,8 +603,8 @@ async fn sigterm_lets_03_requests_in_flight_finish() {
 /// slow requests at once on its instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_python_03_component_built_by_componentize_py() {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/python-component.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/support/python-component.sh");
     let built = std::process::Command::new("bash")
         .arg(&script)
         .output()
@@ -621,7 +621,10 @@ async fn serves_a_python_03_component_built_by_componentize_py() {
     let host = Host::start(&app, &["--no-watch"]);
 
     let hello = get(&host.addr, "/").await.unwrap();
-    assert_eq!((hello.status, hello.body.as_str()), (200, "hello from python\n"));
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (200, "hello from python\n")
+    );
     assert_eq!(get(&host.addr, "/nowhere").await.unwrap().status, 404);
     let slow = staggered(&host.addr, "/slow?ms=300", 8, Duration::from_millis(10));
     for answer in slow {

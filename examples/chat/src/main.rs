@@ -91,7 +91,9 @@ fn to_room(line: &str) {
 
 fn routes() -> Router {
     Router::new()
-        .get("/", |_: Request| format!("chat gen{} {}\n", generation(), stamp::version()))
+        .get("/", |_: Request| {
+            format!("chat gen{} {}\n", generation(), stamp::version())
+        })
         .get("/events", |_: Request| {
             realtime::hold_stream(&[ROOM], format!(": gen{}\n\n", generation()))
         })
