@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use support::pushpin::Pushpin;
 use support::{Host, get, send, write_version};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -32,7 +33,10 @@ async fn open(addr: &str, path: &str) -> Ws {
 }
 
 /// The next text message, within `within`; panics on anything else.
-async fn next_text(ws: &mut Ws, within: Duration) -> String {
+async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    within: Duration,
+) -> String {
     loop {
         match tokio::time::timeout(within, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
@@ -43,7 +47,7 @@ async fn next_text(ws: &mut Ws, within: Duration) -> String {
 }
 
 /// Sends `echo:<tag>` and returns the generation that answered.
-async fn echo(ws: &mut Ws, tag: &str) -> u64 {
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, tag: &str) -> u64 {
     ws.send(Message::text(format!("echo:{tag}")))
         .await
         .expect("send");
@@ -736,4 +740,56 @@ async fn a_stream_held_behind_pushpin_gets_what_pushpin_publishes() {
         next_data(&mut stream, &mut text, Duration::from_secs(5)).await,
         "data: x"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_shares_its_connection_and_survives_a_reload() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("chat.wasm");
+    write_version(&app, "chat", "v1");
+    let host = Host::start(&app, &["--no-watch"]);
+    let stream = TcpStream::connect(&host.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://{}{path}", host.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // A plain request first, so the server's SETTINGS (extended CONNECT
+    // enabled) have arrived.
+    let first = sender.send_request(get("/")).await.expect("GET /");
+    assert_eq!(first.status(), 200);
+
+    let mut connect = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(format!("http://{}/ws", host.addr))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(connect).await.expect("CONNECT");
+    assert_eq!(response.status(), 200);
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("the stream opens");
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    assert_eq!(echo(&mut ws, "h2").await, 1);
+
+    // The same connection keeps serving ordinary requests beside it.
+    let beside = sender.send_request(get("/")).await.expect("GET / beside");
+    assert_eq!(beside.status(), 200);
+
+    write_version(&app, "chat", "v2");
+    host.reload_ok(&app);
+    assert_eq!(echo(&mut ws, "after").await, 2);
+    ws.close(None).await.expect("close");
 }

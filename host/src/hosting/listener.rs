@@ -59,7 +59,11 @@ pub async fn run(
         .keep_alive(true)
         .header_read_timeout(limits.header_timeout)
         .timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     let builder = Arc::new(builder);
     let limits = Arc::new(limits);
     let open = Arc::new(Semaphore::new(limits.max_connections));
@@ -261,8 +265,19 @@ async fn serve_http<S>(
                 }
                 Some(app) if websocket::is_upgrade(&req) => {
                     let (response, accepted) = websocket::accept(app, req, stopping.clone()).await;
-                    if let (Some(accepted), Ok(mut slot)) = (accepted, upgraded.lock()) {
-                        *slot = Some(accepted);
+                    match accepted {
+                        // One stream of a connection that serves on: the
+                        // WebSocket runs beside it (and ends when `stop`
+                        // fires, before the connection can finish).
+                        Some(accepted) if version == http::Version::HTTP_2 => {
+                            tokio::spawn(accepted);
+                        }
+                        Some(accepted) => {
+                            if let Ok(mut slot) = upgraded.lock() {
+                                *slot = Some(accepted);
+                            }
+                        }
+                        None => {}
                     }
                     response
                 }

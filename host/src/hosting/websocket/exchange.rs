@@ -49,9 +49,19 @@ pub struct Base {
 }
 
 impl Base {
-    /// The shared part of `head`'s requests, with a fresh connection id.
-    pub fn new(uri: Uri, head: &HeaderMap) -> Self {
+    /// The shared part of the requests of a connection opened to `uri`
+    /// with `head`, with a fresh connection id. The app always sees the
+    /// path and query, and a `Host` header (from an HTTP/2 authority when
+    /// the client sent no `Host`).
+    pub fn new(uri: &Uri, head: &HeaderMap) -> Self {
         let mut headers = HeaderMap::new();
+        if !head.contains_key(http::header::HOST)
+            && let Some(host) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(http::header::HOST, host);
+        }
         for (name, value) in head {
             let n = name.as_str();
             if HOP.contains(&n) || n.starts_with("meta-") || n.starts_with("grip-") {
@@ -59,6 +69,10 @@ impl Base {
             }
             headers.append(name.clone(), value.clone());
         }
+        let uri = uri
+            .path_and_query()
+            .and_then(|pq| Uri::try_from(pq.as_str()).ok())
+            .unwrap_or_else(|| Uri::from_static("/"));
         Self {
             uri,
             headers,

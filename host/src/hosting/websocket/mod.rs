@@ -5,8 +5,10 @@
 //! holds the socket: the [`session`] does, and hands each batch of events
 //! to whichever version is live at that moment.
 //!
-//! HTTP/1.1 upgrades only; knows apps (to route events) but no listener
-//! state beyond the stop signal it is given.
+//! An HTTP/1.1 upgrade, or an HTTP/2 extended CONNECT (RFC 8441) on a
+//! stream of a connection that goes on serving other requests. Knows apps
+//! (to route events) but no listener state beyond the stop signal it is
+//! given.
 
 pub mod exchange;
 pub mod session;
@@ -29,8 +31,15 @@ use crate::runtime::request::{self, Response};
 /// socket over (after the `101` is written).
 pub type Accepted = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Whether `req` asks to become a WebSocket (`Upgrade: websocket`).
+/// Whether `req` asks to become a WebSocket (`Upgrade: websocket`, or an
+/// HTTP/2 `CONNECT` with the `websocket` protocol).
 pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
+    if req.method() == http::Method::CONNECT {
+        return req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
     let has_token = |name: http::header::HeaderName, token: &str| {
         req.headers()
             .get_all(name)
@@ -69,7 +78,7 @@ pub async fn accept(
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         return (refusal, None);
     };
-    let base = Base::new(req.uri().clone(), req.headers());
+    let base = Base::new(req.uri(), req.headers());
     let mut session = Session::new(app.clone(), base, slot);
     let max_answer = 1 << 20;
     let answer = match exchange::send(
@@ -115,17 +124,25 @@ pub async fn accept(
     session.opened(&answer);
     tracing::debug!(app = %app.name(), connection = %session.id(), generation = ?answer.generation, "WebSocket open");
 
-    let mut switching = request::plain(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let mut switching = match key {
+        // HTTP/2: a 200 opens the stream for the WebSocket's frames.
+        None => request::plain(StatusCode::OK, String::new()),
+        Some(key) => {
+            let mut switching = request::plain(StatusCode::SWITCHING_PROTOCOLS, String::new());
+            let headers = switching.headers_mut();
+            headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            );
+            if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+                headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
+            switching
+        }
+    };
     let headers = switching.headers_mut();
     headers.remove(http::header::CONTENT_TYPE);
-    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
     if let Some(protocol) = answer.protocol {
         headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
@@ -139,17 +156,19 @@ pub async fn accept(
     (switching, Some(Box::pin(run)))
 }
 
-/// The client's key, if `req` is a well-formed WebSocket handshake;
-/// otherwise the answer that says what is wrong.
-fn check_handshake<B>(req: &http::Request<B>) -> Result<String, Response> {
+/// The client's key (none over HTTP/2, which has no key), if `req` is a
+/// well-formed WebSocket handshake; otherwise the answer that says what is
+/// wrong.
+fn check_handshake<B>(req: &http::Request<B>) -> Result<Option<String>, Response> {
     let refuse = |status, text: &str| Err(request::plain(status, format!("{text}\n")));
-    if req.version() != http::Version::HTTP_11 {
+    let h2 = req.version() == http::Version::HTTP_2;
+    if !h2 && req.version() != http::Version::HTTP_11 {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "a WebSocket opens with an HTTP/1.1 upgrade",
+            "a WebSocket opens with an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT",
         );
     }
-    if req.method() != http::Method::GET {
+    if !h2 && req.method() != http::Method::GET {
         return refuse(
             StatusCode::BAD_REQUEST,
             "a WebSocket opens with a GET request",
@@ -167,6 +186,9 @@ fn check_handshake<B>(req: &http::Request<B>) -> Result<String, Response> {
         );
         return Err(refusal);
     }
+    if h2 {
+        return Ok(None);
+    }
     let key = req
         .headers()
         .get(http::header::SEC_WEBSOCKET_KEY)
@@ -178,7 +200,7 @@ fn check_handshake<B>(req: &http::Request<B>) -> Result<String, Response> {
                 .is_ok_and(|raw| raw.len() == 16)
         });
     match key {
-        Some(key) => Ok(key.trim().to_string()),
+        Some(key) => Ok(Some(key.trim().to_string())),
         None => refuse(
             StatusCode::BAD_REQUEST,
             "the WebSocket handshake needs a Sec-WebSocket-Key of 16 base64-encoded bytes",
