@@ -30,6 +30,7 @@ use crate::kv::{Keyvalue, KvSettings};
 use crate::ops::metrics::{AppMetrics, Rejection};
 use crate::runtime::engine::Runtime;
 use crate::runtime::request::{self, Response};
+use crate::runtime::state::Shared;
 use crate::runtime::version::{LoadError, State, Version, VersionSettings};
 use crate::runtime::work::WorkGuard;
 
@@ -246,8 +247,10 @@ impl App {
         let version = pipeline::load_version(
             &runtime,
             &settings,
-            &keyvalue,
-            held.hub(),
+            Shared {
+                keyvalue: keyvalue.clone(),
+                hub: held.hub().clone(),
+            },
             &path,
             bytes.clone(),
             digest,
@@ -288,6 +291,14 @@ impl App {
     /// Its channels and the connections held open for it.
     pub fn held(&self) -> &Arc<Held> {
         &self.held
+    }
+
+    /// What its versions share: buckets and channels.
+    fn shared(&self) -> Shared {
+        Shared {
+            keyvalue: self.keyvalue.clone(),
+            hub: self.held.hub().clone(),
+        }
     }
 
     /// Counts WebSocket messages handled by generation `generation`:

@@ -15,11 +15,10 @@ use tokio::sync::mpsc;
 
 use super::{App, AppSettings, Ask, Op, ReloadError, ReloadOutcome};
 use crate::app::rollout::{Canary, CanaryPlan, ErrorWindow};
-use crate::kv::Keyvalue;
-use crate::realtime::hub::Hub;
 use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
+use crate::runtime::state::Shared;
 use crate::runtime::version::{State, Version};
 use crate::runtime::world::World;
 
@@ -146,8 +145,7 @@ impl App {
         let version = load_version(
             &self.runtime,
             &self.settings,
-            &self.keyvalue,
-            self.held.hub(),
+            self.shared(),
             &path,
             bytes.clone(),
             digest,
@@ -291,8 +289,7 @@ impl App {
                 baseline.digest(),
                 generation,
                 app.settings.version.clone(),
-                app.keyvalue.clone(),
-                app.held.hub().clone(),
+                app.shared(),
                 false,
             )
             .await;
@@ -404,8 +401,7 @@ pub(super) async fn read_component(path: &Path) -> Result<(Arc<[u8]>, Digest), R
 pub(super) async fn load_version(
     runtime: &Runtime,
     settings: &AppSettings,
-    keyvalue: &Arc<Keyvalue>,
-    hub: &Arc<Hub>,
+    shared: Shared,
     path: &Path,
     bytes: Arc<[u8]>,
     digest: Digest,
@@ -423,8 +419,7 @@ pub(super) async fn load_version(
         digest,
         generation,
         settings.version.clone(),
-        keyvalue.clone(),
-        hub.clone(),
+        shared,
         baseline,
     )
     .await;

@@ -19,6 +19,16 @@ use crate::realtime::hub::Hub;
 use crate::runtime::outgoing::{OutgoingHooks, OutgoingPolicy};
 use crate::runtime::trace::TraceParent;
 
+/// What every version of an app shares, and outlives each of them: its
+/// buckets and its channels.
+#[derive(Clone)]
+pub struct Shared {
+    /// The app's buckets.
+    pub keyvalue: Arc<Keyvalue>,
+    /// The app's channels.
+    pub hub: Arc<Hub>,
+}
+
 /// What every store of one app version reaches beyond WASI: the app's name,
 /// its key-value state (shared by all its versions) and its `wasi:config`
 /// values. Made once per version; a store takes a reference count.

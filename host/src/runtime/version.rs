@@ -16,9 +16,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::handler::ProxyHandler;
 
-use crate::kv::Keyvalue;
 use crate::ops::metrics::VersionCounters;
-use crate::realtime::hub::Hub;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::{Runtime, Tier};
 use crate::runtime::guest_log::GuestLog;
@@ -27,7 +25,7 @@ use crate::runtime::outgoing::OutgoingPolicy;
 use crate::runtime::p2::WarmPool;
 use crate::runtime::p3::P3Settings;
 use crate::runtime::p3::pool::{Instances, Pool};
-use crate::runtime::state::{AppServices, HostState};
+use crate::runtime::state::{AppServices, HostState, Shared};
 use crate::runtime::store::Stores;
 use crate::runtime::work::WorkCounter;
 use crate::runtime::world::{Linked, World};
@@ -187,8 +185,7 @@ impl Version {
         digest: Digest,
         generation: u64,
         settings: VersionSettings,
-        keyvalue: Arc<Keyvalue>,
-        hub: Arc<Hub>,
+        shared: Shared,
         baseline: bool,
     ) -> Result<Self, LoadError> {
         check_header(&bytes)?;
@@ -214,8 +211,7 @@ impl Version {
             linked,
             tier.is_baseline(),
             settings,
-            keyvalue,
-            hub,
+            shared,
         );
         version.compile_time = started.elapsed();
         version.cached = cached;
@@ -235,8 +231,10 @@ impl Version {
             self.linked.clone(),
             self.baseline,
             self.settings.clone(),
-            self.stores.services.keyvalue.clone(),
-            self.stores.services.hub.clone(),
+            Shared {
+                keyvalue: self.stores.services.keyvalue.clone(),
+                hub: self.stores.services.hub.clone(),
+            },
         );
         version.check_ready().await?;
         Ok(version)
@@ -251,13 +249,12 @@ impl Version {
         linked: Linked,
         baseline: bool,
         settings: VersionSettings,
-        keyvalue: Arc<Keyvalue>,
-        hub: Arc<Hub>,
+        shared: Shared,
     ) -> Self {
         let services = Arc::new(AppServices {
             app: settings.app.clone(),
-            keyvalue,
-            hub,
+            keyvalue: shared.keyvalue,
+            hub: shared.hub,
             config: settings.config.iter().cloned().collect(),
         });
         let stores = Arc::new(Stores {

@@ -61,7 +61,7 @@ pub async fn accept(
 ) -> (Response, Option<Accepted>) {
     let key = match check_handshake(&req) {
         Ok(key) => key,
-        Err(refusal) => return (refusal, None),
+        Err(refusal) => return (*refusal, None),
     };
     let Some(slot) = app.held().try_open() else {
         let limits = app.held().limits();
@@ -159,8 +159,8 @@ pub async fn accept(
 /// The client's key (none over HTTP/2, which has no key), if `req` is a
 /// well-formed WebSocket handshake; otherwise the answer that says what is
 /// wrong.
-fn check_handshake<B>(req: &http::Request<B>) -> Result<Option<String>, Response> {
-    let refuse = |status, text: &str| Err(request::plain(status, format!("{text}\n")));
+fn check_handshake<B>(req: &http::Request<B>) -> Result<Option<String>, Box<Response>> {
+    let refuse = |status, text: &str| Err(Box::new(request::plain(status, format!("{text}\n"))));
     let h2 = req.version() == http::Version::HTTP_2;
     if !h2 && req.version() != http::Version::HTTP_11 {
         return refuse(
@@ -184,7 +184,7 @@ fn check_handshake<B>(req: &http::Request<B>) -> Result<Option<String>, Response
             http::header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return Err(refusal);
+        return Err(Box::new(refusal));
     }
     if h2 {
         return Ok(None);
