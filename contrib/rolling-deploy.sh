@@ -20,6 +20,12 @@
 #   CHECK_URL_<n>  optional URL per host (n = 1, 2, …) to GET after its
 #                  reload; the deploy stops unless it answers 2xx
 #   PAUSE          seconds to wait between hosts (default 2)
+#   COMPILE_ARGS   for a .wasm path, each host first runs `wasm-host
+#                  compile COMPONENT $COMPILE_ARGS`, so its reload reads
+#                  optimized code from the cache instead of compiling under
+#                  load; give the --cache-dir/--max-memory the host serves
+#                  with (default: none, the host's defaults). Set
+#                  PRECOMPILE=0 to skip it.
 #
 # Example (three hosts, each with its app on :8080 and admin on :9090):
 #   CHECK_URL_1=http://web1:9090/readyz CHECK_URL_2=http://web2:9090/readyz \
@@ -40,6 +46,13 @@ n=0
 for host in "$@"; do
     n=$((n + 1))
     started=$(date +%s%N)
+    if [ "${PRECOMPILE:-1}" = 1 ] && [[ $component != oci://* ]]; then
+        # shellcheck disable=SC2086 # COMPILE_ARGS is a list of flags
+        case $host in
+            ssh:*) ssh "${host#ssh:}" wasm-host compile "$component" ${COMPILE_ARGS:-} ;;
+            *) wasm-host compile "$component" ${COMPILE_ARGS:-} ;;
+        esac
+    fi
     echo "[$n/$#] $host: reloading $app to $component"
     case $host in
         ssh:*) ssh "${host#ssh:}" wasm-host reload "$app" "$component" ;;

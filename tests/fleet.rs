@@ -90,6 +90,9 @@ fn spawn_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_behind_nginx_drops_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    // One code cache for the fleet, which the deploy script fills with
+    // `wasm-host compile` before each reload.
+    let cache = dir.path().join("cache");
     let (v1, v2) = (dir.path().join("v1.wasm"), dir.path().join("v2.wasm"));
     write_version(&v1, "hello", "v1");
     write_version(&v2, "hello", "v2");
@@ -102,7 +105,7 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
         .zip(&files)
         .map(|(addr, file)| {
             write_config(file, addr, &v1);
-            Host::start_config(file, &[])
+            Host::start_config(file, &["--cache-dir", cache.to_str().unwrap()])
         })
         .collect();
     let nginx = Nginx::start(&addrs);
@@ -137,7 +140,8 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
         .args(["shop", v2.to_str().unwrap()])
         .args(hosts.iter().map(|h| &h.control))
         .env("PATH", path)
-        .env("PAUSE", "0.5");
+        .env("PAUSE", "0.5")
+        .env("COMPILE_ARGS", format!("--cache-dir {}", cache.display()));
     for (i, addr) in addrs.iter().enumerate() {
         deploy.env(format!("CHECK_URL_{}", i + 1), format!("http://{addr}/"));
     }
@@ -156,6 +160,9 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
         .filter(|l| l.contains("live on the new version"))
         .collect();
     assert_eq!(per_host.len(), 3, "{said}");
+    // The first host's compile made the code; the others found it.
+    assert_eq!(said.matches("compiled into").count(), 1, "{said}");
+    assert_eq!(said.matches("was already in").count(), 2, "{said}");
     for (i, addr) in addrs.iter().enumerate() {
         assert_eq!(
             get(addr, "/").await.unwrap().body,
@@ -177,7 +184,7 @@ async fn rolling_deploy_behind_nginx_drops_nothing() {
     let stopped = t.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
-    hosts[1] = Host::start_config(&files[1], &[]);
+    hosts[1] = Host::start_config(&files[1], &["--cache-dir", cache.to_str().unwrap()]);
     let restarted = t.elapsed();
     assert_eq!(get(&addrs[1], "/").await.unwrap().body, "hello from v2\n");
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -226,3 +226,51 @@ async fn damaged_cached_code_is_refused_logged_and_compiled_again() {
     assert!(fourth.log_lines(&["cached code refused"]).is_empty());
     assert_eq!(std::fs::metadata(&code).unwrap().ino(), inode);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_fills_the_cache_that_a_host_then_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let app = dir.path().join("hello.wasm");
+    write_version(&app, "hello", "precompiled");
+    let compile = |file: &Path| {
+        std::process::Command::new(support::BIN)
+            .arg("compile")
+            .arg(file)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .expect("run wasm-host compile")
+    };
+    let first = compile(&app);
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        said.contains("compiled into") && said.contains("WASI 0.2"),
+        "{said}"
+    );
+    let again = compile(&app);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("was already in"));
+
+    let host = Host::start(
+        &app,
+        &["--no-watch", "--cache-dir", cache.to_str().unwrap()],
+    );
+    let loaded = host.wait_log("version loaded", Duration::from_secs(10));
+    assert!(loaded.contains("code_from_disk=true"), "{loaded}");
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body,
+        "hello from precompiled\n"
+    );
+
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"not wasm at all").unwrap();
+    let refused = compile(&broken);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("not a WebAssembly file"), "{why}");
+}

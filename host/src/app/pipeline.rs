@@ -431,6 +431,7 @@ pub(super) async fn load_version(
                 digest = %digest.short(),
                 compile_ms = version.compile_time().as_millis() as u64,
                 cached = version.was_cached(),
+                code_from_disk = version.code_from_disk(),
                 code = version.tier(),
                 world = version.world().name(),
                 "version loaded"

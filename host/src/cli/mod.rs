@@ -28,6 +28,7 @@ use crate::oci::Reference;
 use crate::ops::log_format::{self, EscapedFields, HostFile, JsonLines, LogFormat};
 use crate::ops::logfile::{self, ACCESS_TARGET, LogSettings};
 use crate::realtime::Limits as RealtimeLimits;
+use crate::runtime::engine::Runtime;
 
 /// Host HTTP apps compiled to WebAssembly components, and swap versions with
 /// zero downtime.
@@ -78,6 +79,27 @@ enum Command {
         after_help = "Exits 0 once the new process serves, 1 when it could not take over; the old\nprocess keeps serving then.\n\nExamples:\n  wasm-host upgrade                      (the binary at the path the host was started from)\n  wasm-host upgrade --binary /opt/wasm-host/2.0/wasm-host"
     )]
     Upgrade(UpgradeArgs),
+    /// Compile a component into the on-disk code cache ahead of a deploy,
+    /// so the reload that follows skips the compile (and a component that
+    /// would not load is caught now).
+    #[command(
+        after_help = "Use the same --cache-dir and --max-memory as the host that will serve it.\n\nExamples:\n  wasm-host compile build/app.wasm && wasm-host reload build/app.wasm\n  wasm-host compile app.wasm --cache-dir /var/cache/wasm-host"
+    )]
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompileArgs {
+    /// The component to compile.
+    #[arg(value_name = "APP.wasm")]
+    component: PathBuf,
+    /// The code cache to fill [default: $XDG_CACHE_HOME/wasm-host, else
+    /// ~/.cache/wasm-host], as `serve --cache-dir`.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// As `serve --max-memory`: the code depends on it.
+    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
+    max_memory: usize,
 }
 
 #[derive(Debug, Args)]
@@ -681,6 +703,7 @@ async fn run(
             crate::ops::tail::run(files, args.lines, args.follow).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compile(args) => compile(args).await,
         Command::Upgrade(args) => {
             let binary = match args.binary {
                 Some(p) => Some(
@@ -942,4 +965,38 @@ fn init_logging(format: LogFormat) {
         .with(file_json)
         .with(logfile::AppEvents)
         .init();
+}
+
+/// `wasm-host compile`: fills the code cache with `args.component`'s
+/// optimized code.
+async fn compile(args: CompileArgs) -> Result<ExitCode> {
+    let cache_dir = args
+        .cache_dir
+        .unwrap_or_else(crate::config::default_cache_dir);
+    let settings = crate::runtime::engine::EngineSettings {
+        max_memory: args.max_memory,
+        cache_dir: Some(cache_dir.clone()),
+        ..Default::default()
+    };
+    let bytes = crate::runtime::component_file::read(&args.component)
+        .await
+        .with_context(|| format!("cannot read {}", args.component.display()))?;
+    let runtime = Runtime::new(&settings)?;
+    let done = crate::runtime::precompile::precompile(&runtime, bytes.into())
+        .await
+        .with_context(|| format!("{} cannot be served", args.component.display()))?;
+    let what = if done.already {
+        "was already in"
+    } else {
+        "compiled into"
+    };
+    println!(
+        "{} (WASI {}, {}) {what} {} in {} ms",
+        args.component.display(),
+        done.world.name(),
+        done.digest.short(),
+        cache_dir.display(),
+        done.took.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
 }

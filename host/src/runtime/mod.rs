@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod outgoing;
 pub mod p2;
 pub mod p3;
+pub mod precompile;
 pub mod request;
 pub mod state;
 pub mod store;

@@ -147,6 +147,8 @@ pub struct Version {
     digest: Digest,
     compile_time: Duration,
     cached: bool,
+    /// Its code was read from the on-disk cache rather than compiled.
+    from_disk: bool,
     baseline: bool,
     linked: Linked,
     settings: VersionSettings,
@@ -194,14 +196,14 @@ impl Version {
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
         let tier = runtime.tier(baseline && !cached, World::engine_for(&bytes));
-        let linked = match recalled {
-            Some(linked) => linked,
+        let (linked, from_disk) = match recalled {
+            Some(linked) => (linked, false),
             None => {
-                let linked = link(runtime, tier, bytes, digest).await?;
+                let (linked, from_disk) = link(runtime, tier, bytes, digest).await?;
                 if !tier.is_baseline() {
                     runtime.remember(digest, &linked);
                 }
-                linked
+                (linked, from_disk)
             }
         };
         let mut version = Self::assemble(
@@ -215,6 +217,7 @@ impl Version {
         );
         version.compile_time = started.elapsed();
         version.cached = cached;
+        version.from_disk = from_disk;
         version.open_state().await?;
         version.check_ready().await?;
         Ok(version)
@@ -272,6 +275,7 @@ impl Version {
             digest,
             compile_time: Duration::ZERO,
             cached: true,
+            from_disk: false,
             baseline,
             linked,
             warm: WarmPool::new(settings.reuse),
@@ -436,6 +440,12 @@ impl Version {
         self.cached
     }
 
+    /// Whether its code was read from the on-disk cache (filled by an
+    /// earlier host, or by `wasm-host compile`) rather than compiled.
+    pub fn code_from_disk(&self) -> bool {
+        self.from_disk
+    }
+
     /// How long ago this version was loaded.
     pub fn uptime(&self) -> Duration {
         self.loaded_at.elapsed()
@@ -531,7 +541,7 @@ impl Version {
 }
 
 /// Refuses non-wasm bytes and core modules with a reason a person can act on.
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm);
     }
@@ -545,12 +555,15 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 /// Compiles (or, for optimized code, loads from the on-disk cache) and
 /// links `bytes`, off the threads that serve requests; the exports decide
 /// the world it is linked for.
-async fn link(
+/// Compiles `bytes` on `tier` (or reads its optimized code from the disk
+/// cache, storing it there after a compile) and links it. Says whether the
+/// code came from disk.
+pub(crate) async fn link(
     runtime: &Runtime,
     tier: &Tier,
     bytes: Arc<[u8]>,
     digest: Digest,
-) -> Result<Linked, LoadError> {
+) -> Result<(Linked, bool), LoadError> {
     let compiler = tier.clone();
     // Baseline code lives for seconds: not worth a disk write.
     let disk = runtime
@@ -562,17 +575,18 @@ async fn link(
             .as_ref()
             .and_then(|d| d.load(compiler.engine(), digest))
         {
-            return Ok(found);
+            return Ok((found, true));
         }
         let component = compiler.compile(&bytes)?;
         if let Some(disk) = &disk {
             disk.store(digest, &component);
         }
-        Ok(component)
+        Ok((component, false))
     })
     .await
     .map_err(|_| LoadError::Invalid("the compiler thread failed".to_string()))?
     .map_err(|e: wasmtime::Error| LoadError::Invalid(format!("{e:#}")))?;
+    let (component, from_disk) = component;
     let world = World::of(tier.engine(), &component).map_err(LoadError::NoHandler)?;
     if world != tier.world() {
         // The bytes said one world and the compiled component another:
@@ -588,7 +602,8 @@ async fn link(
         .linker()
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    Linked::new(world, instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))
+    let linked = Linked::new(world, instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    Ok((linked, from_disk))
 }
 
 #[cfg(test)]
