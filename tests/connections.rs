@@ -371,6 +371,32 @@ async fn a_guest_that_returns_without_answering_is_logged_and_not_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_cannot_serve_twice_costs_one_request_then_reuse_goes_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("mute.wasm");
+    std::fs::write(&app, support::example("mute")).unwrap();
+    let host = Host::start(&app, &["--no-watch", "--reuse-instances", "10"]);
+    // `/once` answers only as its instance's first request, like an engine
+    // that cannot serve twice.
+    assert_eq!(get(&host.addr, "/once").await.unwrap().body, "count 1\n");
+    let failed = get(&host.addr, "/once").await.unwrap();
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    host.wait_log("instance reuse turned off", Duration::from_secs(5));
+    // Every request from now on gets a fresh instance, and none fails.
+    for _ in 0..10 {
+        let answer = get(&host.addr, "/once").await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "count 1\n"));
+    }
+    let turned_off = host.log_lines(&["instance reuse turned off"]);
+    assert_eq!(turned_off.len(), 1, "{turned_off:?}");
+    assert!(turned_off[0].contains("returned without sending a response"));
+    assert_eq!(
+        host.status_json()["apps"][0]["versions"][0]["reuse_off"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_pauses_accepts_without_flooding_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("hello.wasm");

@@ -704,7 +704,7 @@ async fn the_chat_app_behind_pushpin_passes_the_message_test() {
     );
 }
 
-/// What the SDK promises of [`hold_stream`] behind Pushpin: the app's
+/// What the SDK promises of `realtime::hold_stream` behind Pushpin: the app's
 /// `Grip-Hold: stream` reaches Pushpin, which holds the stream and feeds it
 /// what is published to Pushpin. Fails today: wasm-host holds every such
 /// answer itself and strips the `Grip-*` headers, so Pushpin proxies a

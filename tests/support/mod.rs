@@ -6,6 +6,7 @@
 
 pub mod nginx;
 pub mod notify;
+pub mod pushpin;
 pub mod redis;
 pub mod registry;
 

@@ -2,6 +2,9 @@
 //! `wasi:http` bindings because the SDKs always answer:
 //!
 //! - `/mute`: returns without setting a response;
+//! - `/once`: answers only as the first request of its instance and returns
+//!   without answering after that, as an engine that cannot serve twice
+//!   (StarlingMonkey, under componentize-js) does;
 //! - anything else: answers how many requests this instance has handled,
 //!   which shows whether the host kept an instance that left one
 //!   unanswered.
@@ -20,8 +23,10 @@ struct Mute;
 impl Guest for Mute {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let handled = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
-        if request.path_with_query().as_deref() == Some("/mute") {
-            return;
+        match request.path_with_query().as_deref() {
+            Some("/mute") => return,
+            Some("/once") if handled > 1 => return,
+            _ => {}
         }
         let response = OutgoingResponse::new(Fields::new());
         let Ok(body) = response.body() else {

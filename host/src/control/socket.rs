@@ -270,6 +270,10 @@ pub struct VersionStatus {
     /// responses); 0 for 0.2.
     #[serde(default)]
     pub instances: usize,
+    /// Instance reuse was asked for but turned off: an instance of this
+    /// version failed a request after serving one.
+    #[serde(default)]
+    pub reuse_off: bool,
     /// WebSocket messages from clients this version handled.
     #[serde(default)]
     pub messages_in: u64,
@@ -689,6 +693,7 @@ fn status(app: &App, puller: &Puller) -> AppStatus {
             tier: v.tier().to_string(),
             world: v.world().name().to_string(),
             instances: v.instances_alive(),
+            reuse_off: v.warm().is_off(),
             messages_in: v.counters().messages().0,
             messages_out: v.counters().messages().1,
             path: app.source_of(v.generation()),

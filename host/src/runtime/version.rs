@@ -440,6 +440,11 @@ impl Version {
         self.cached
     }
 
+    /// The name of its app.
+    pub fn app_name(&self) -> &str {
+        &self.settings.app
+    }
+
     /// Whether its code was read from the on-disk cache (filled by an
     /// earlier host, or by `wasm-host compile`) rather than compiled.
     pub fn code_from_disk(&self) -> bool {

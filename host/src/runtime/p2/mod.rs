@@ -10,6 +10,7 @@
 pub(crate) mod request;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
@@ -37,6 +38,9 @@ pub(crate) struct WarmPool {
     /// Requests one instance may serve in sequence; 1 keeps none.
     reuse: u32,
     idle: Mutex<Vec<Warm>>,
+    /// Set once an instance failed a request after serving one: this
+    /// component cannot be reused, and every request gets a fresh instance.
+    off: AtomicBool,
 }
 
 impl WarmPool {
@@ -45,13 +49,14 @@ impl WarmPool {
         Self {
             reuse,
             idle: Mutex::new(Vec::new()),
+            off: AtomicBool::new(false),
         }
     }
 
     /// An idle instance to serve a request with, if reuse is on and one
     /// waits.
     pub fn take(&self) -> Option<Warm> {
-        if self.reuse <= 1 {
+        if self.reuse <= 1 || self.off.load(Ordering::Relaxed) {
             return None;
         }
         let mut warm = self.idle.lock().ok()?.pop()?;
@@ -64,7 +69,7 @@ impl WarmPool {
     /// it has served its share, the pool is full, or `open` is false (the
     /// version stopped taking requests).
     pub fn give_back(&self, warm: Warm, open: bool) {
-        if warm.uses >= self.reuse || !open {
+        if warm.uses >= self.reuse || !open || self.off.load(Ordering::Relaxed) {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -72,6 +77,27 @@ impl WarmPool {
         {
             idle.push(warm);
         }
+    }
+
+    /// Turns reuse off for good after a reused instance failed for `why`:
+    /// some components (an engine that keeps per-request state it never
+    /// resets) answer the first request of an instance and no other. Logged
+    /// once per version.
+    pub fn turn_off(&self, app: &str, generation: u64, why: &str) {
+        if self.reuse > 1 && !self.off.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                app,
+                generation,
+                reason = why,
+                "instance reuse turned off for this version: an instance that had served a request failed the next one; every request now gets a fresh instance"
+            );
+            self.clear();
+        }
+    }
+
+    /// Whether reuse was turned off by [`WarmPool::turn_off`].
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
     }
 
     /// Drops every idle instance, returning their slots to the pool.

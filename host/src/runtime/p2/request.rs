@@ -144,6 +144,21 @@ where
             Some(Ok(Err(e))) => GuestEnd::Failed(e),
             Some(Err(_)) => GuestEnd::TimedOut,
         };
+        // A reused instance that fails where a fresh one would not have
+        // been tried: reuse goes off for the version, so this is the only
+        // request it costs.
+        if uses > 0 {
+            let why = match &end {
+                GuestEnd::Unanswered => Some("it returned without sending a response"),
+                GuestEnd::Failed(_) => Some("it trapped"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                version
+                    .warm()
+                    .turn_off(version.app_name(), version.generation(), why);
+            }
+        }
         log_end(&version, &end);
         end
     });
