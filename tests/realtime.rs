@@ -593,8 +593,7 @@ async fn the_chat_app_behind_pushpin_passes_the_message_test() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("chat.wasm");
     write_version(&app, "chat", "v1");
-    let host = Host::start(&app, &["--no-watch"]);
-    let pushpin = Pushpin::start(&host.addr);
+    let (host, pushpin) = behind_pushpin(&app);
     let front = pushpin.addr().to_string();
 
     let mut clients = Vec::new();
@@ -686,8 +685,9 @@ async fn the_chat_app_behind_pushpin_passes_the_message_test() {
         );
     }
 
-    // Server-sent events through Pushpin: the stream the app holds is
-    // proxied, and what the app publishes reaches it.
+    // Server-sent events through Pushpin: Pushpin holds the stream the
+    // app asks for, and what the app publishes (handed on to Pushpin's
+    // publish endpoint) reaches it.
     let mut stream = events_stream(&front).await;
     let mut text = String::new();
     assert_eq!(
@@ -704,20 +704,35 @@ async fn the_chat_app_behind_pushpin_passes_the_message_test() {
     );
 }
 
-/// What the SDK promises of `realtime::hold_stream` behind Pushpin: the app's
-/// `Grip-Hold: stream` reaches Pushpin, which holds the stream and feeds it
-/// what is published to Pushpin. Fails today: wasm-host holds every such
-/// answer itself and strips the `Grip-*` headers, so Pushpin proxies a
-/// plain streaming response and its publishes reach no stream (events the
-/// app publishes through wasm-host do, see the test above).
+/// wasm-host behind a real Pushpin that it trusts (`--grip-key`, Pushpin's
+/// `sig_key`) and publishes through (`--grip-publish`).
+fn behind_pushpin(app: &std::path::Path) -> (Host, Pushpin) {
+    let publish = support::free_addr();
+    let host = Host::start(
+        app,
+        &[
+            "--no-watch",
+            "--grip-key",
+            support::pushpin::SIG_KEY,
+            "--grip-publish",
+            &format!("http://{publish}/publish/"),
+        ],
+    );
+    let pushpin = Pushpin::start_with(&host.addr, &publish);
+    (host, pushpin)
+}
+
+/// What the SDK promises of `realtime::hold_stream` behind Pushpin: the
+/// app's `Grip-Hold: stream` reaches Pushpin (it signs its requests with
+/// the key the host trusts), which holds the stream and feeds it what is
+/// published to Pushpin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "wasm-host holds Grip-Hold streams itself, even behind a GRIP proxy"]
 async fn a_stream_held_behind_pushpin_gets_what_pushpin_publishes() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("chat.wasm");
     write_version(&app, "chat", "v1");
-    let host = Host::start(&app, &["--no-watch"]);
-    let pushpin = Pushpin::start(&host.addr);
+    let (host, pushpin) = behind_pushpin(&app);
+    assert!(host.addr.starts_with("127.0.0.1"));
     let mut stream = events_stream(pushpin.addr()).await;
     let mut text = String::new();
     assert_eq!(
@@ -792,4 +807,39 @@ async fn a_websocket_over_http2_shares_its_connection_and_survives_a_reload() {
     host.reload_ok(&app);
     assert_eq!(echo(&mut ws, "after").await, 2);
     ws.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_events_from_the_network_are_refused_unless_signed_by_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("chat.wasm");
+    write_version(&app, "chat", "v1");
+    let host = Host::start(&app, &["--no-watch", "--grip-key", "secret"]);
+    let mut listener = open(&host.addr, "/ws?name=alice").await;
+    echo(&mut listener, "ready").await;
+    // A client posting made-up connection events (its own Connection-Id
+    // and state) is refused: only the host's sessions and a proxy holding
+    // the key may speak for a connection.
+    let forged = b"TEXT 13\r\nsay:forged-hi\r\n".to_vec();
+    for sig in [None, Some("e30.e30.c2ln")] {
+        let mut headers = vec![
+            ("content-type", "application/websocket-events"),
+            ("connection-id", "f00"),
+        ];
+        if let Some(sig) = sig {
+            headers.push(("grip-sig", sig));
+        }
+        let answer = support::send_with(&host.addr, "POST", "/ws", &headers, forged.clone())
+            .await
+            .expect("POST");
+        assert_eq!(answer.status, 403, "{:?}", answer.body);
+    }
+    // Nothing reached the room.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.next())
+            .await
+            .is_err(),
+        "a forged message was delivered"
+    );
+    assert_eq!(echo(&mut listener, "still").await, 1);
 }

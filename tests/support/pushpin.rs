@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The key Pushpin signs its `Grip-Sig` with (`sig_key`), which the
+/// backend is given as `--grip-key`.
+pub const SIG_KEY: &str = "wasm-host-test";
+
 /// How long Pushpin may take to accept connections on both ports.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long it may take to stop after SIGTERM before it is killed.
@@ -29,13 +33,20 @@ impl Pushpin {
     /// with WebSockets turned into WebSocket-over-HTTP (`over_http`), and
     /// waits until its client and publish ports accept connections.
     pub fn start(backend: &str) -> Pushpin {
+        Self::start_with(backend, &super::free_addr())
+    }
+
+    /// Like [`Pushpin::start`], with the publish endpoint on
+    /// `publish_addr` (chosen before the backend starts, so the backend can
+    /// be told where to publish).
+    pub fn start_with(backend: &str, publish_addr: &str) -> Pushpin {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        let addr = super::free_addr();
+        let publish_addr = publish_addr.to_string();
         // Two ports free now; the same one twice is unlikely but possible.
-        let publish_addr = (0..10)
+        let addr = (0..10)
             .map(|_| super::free_addr())
-            .find(|other| *other != addr)
+            .find(|other| *other != publish_addr)
             .expect("a second free loopback port");
         let publish_port = publish_addr
             .rsplit_once(':')
@@ -63,7 +74,7 @@ log_level=2
 [proxy]
 routesfile=routes
 sig_iss=pushpin
-sig_key=wasm-host-test
+sig_key={SIG_KEY}
 zurl_out_specs={zurl_in}
 zurl_out_stream_specs={zurl_in_stream}
 zurl_in_specs={zurl_out}

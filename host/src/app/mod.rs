@@ -51,6 +51,14 @@ pub struct AppSettings {
     pub keyvalue: KvSettings,
     /// Bounds on the WebSocket connections the host holds for the app.
     pub realtime: crate::realtime::Limits,
+    /// The key a GRIP proxy in front of the app (Pushpin) signs its
+    /// `Grip-Sig` with; requests it signs may carry WebSocket events and
+    /// get `Grip-*` answers to hold themselves. `None`: no proxy is
+    /// trusted, and WebSocket events come only from the host.
+    pub grip_key: Option<Arc<str>>,
+    /// A GRIP proxy's publish endpoint: what the app publishes goes there
+    /// too, to reach the connections the proxy holds.
+    pub grip_publish: Option<crate::realtime::forward::Endpoint>,
 }
 
 /// The result of a change (reload, promote, abort, rollback) that did not
@@ -239,6 +247,9 @@ impl App {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path).await?;
         let held = Held::new(settings.realtime.clone());
+        if let Some(endpoint) = &settings.grip_publish {
+            crate::realtime::forward::start(held.hub(), endpoint.clone());
+        }
         if let crate::kv::StoreChoice::Redis(url) = &settings.keyvalue.choice
             && let Err(e) = crate::realtime::fanout::start(held.hub(), url, &settings.name)
         {

@@ -131,7 +131,7 @@ struct ServeArgs {
     /// Serve the apps of a config file (TOML; see the README) instead of
     /// one app. --control, --admin and the cache flags still apply; the
     /// per-app flags are set in the file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "instance_concurrency", "instance_uses", "instance_idle", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "ws_max_connections", "ws_max_message", "ws_ping_interval", "ws_idle_timeout", "ws_send_queue", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["component", "listen", "no_watch", "drain_timeout", "ready_timeout", "request_timeout", "allow_http", "env", "max_memory", "reuse_instances", "instance_concurrency", "instance_uses", "instance_idle", "tier_up_above", "no_tier_up", "max_concurrency", "max_queue", "queue_timeout", "max_body", "hangup_grace", "ws_max_connections", "ws_max_message", "ws_ping_interval", "ws_idle_timeout", "ws_send_queue", "grip_key", "grip_publish", "keyvalue", "shared_bucket", "config_var", "watch_tag", "tls_cert", "tls_key"])]
     config: Option<PathBuf>,
     /// Address to accept HTTP/1.1 and HTTP/2 (h2c) connections on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
@@ -255,6 +255,23 @@ struct ServeArgs {
     /// reads slower is closed with 1008 instead of being buffered for.
     #[arg(long, value_name = "N", default_value_t = RealtimeLimits::default().send_queue, value_parser = parse_connections)]
     ws_send_queue: usize,
+    /// Trust a GRIP proxy (Pushpin) in front of the host: requests whose
+    /// `Grip-Sig` is an HS256 token signed with this key (Pushpin's
+    /// `sig_key`) may carry WebSocket events, and their answers keep their
+    /// `Grip-*` headers for the proxy to hold. Without it, WebSocket events
+    /// from the network are refused.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "WASM_HOST_GRIP_KEY",
+        hide_env_values = true
+    )]
+    grip_key: Option<String>,
+    /// A GRIP proxy's publish endpoint (Pushpin's
+    /// `http://127.0.0.1:5561/publish/`): what the app publishes goes
+    /// there too, to reach the connections the proxy holds.
+    #[arg(long, value_name = "URL")]
+    grip_publish: Option<crate::realtime::forward::Endpoint>,
     /// Client connections one listener keeps open at once; more are
     /// answered 503 and closed at once.
     #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections, value_parser = parse_connections)]
@@ -609,6 +626,8 @@ async fn run(
                         max_body: args.max_body.map(|n| n as u64),
                         hangup_grace: args.hangup_grace,
                     },
+                    grip_key: args.grip_key,
+                    grip_publish: args.grip_publish,
                     realtime: RealtimeLimits {
                         max_connections: args.ws_max_connections,
                         max_message: args.ws_max_message,

@@ -104,6 +104,8 @@ struct AppSpec {
     ws_ping_interval: Option<Spanned<String>>,
     ws_idle_timeout: Option<Spanned<String>>,
     ws_send_queue: Option<Spanned<u64>>,
+    grip_key: Option<String>,
+    grip_publish: Option<Spanned<String>>,
     watch: Option<bool>,
     watch_tag: Option<Spanned<String>>,
     reuse_instances: Option<Spanned<u32>>,
@@ -365,6 +367,10 @@ fn app_config(
     let queue_timeout = duration(problems, &app.queue_timeout, defaults.queue_timeout);
     let hangup_grace = duration(problems, &app.hangup_grace, defaults.hangup_grace);
     let realtime = realtime_limits(problems, app);
+    let grip_publish = match &app.grip_publish {
+        None => Some(None),
+        Some(url) => problems.check(url, |s| s.parse().map(Some)),
+    };
     let max_memory = match &app.max_memory {
         Some(text) => problems.check(text, |s| parse_size(s)).map(Some),
         None => Some(None),
@@ -479,6 +485,8 @@ fn app_config(
                 hangup_grace: hangup_grace?,
             },
             realtime: realtime?,
+            grip_key: app.grip_key.as_deref().map(Arc::from),
+            grip_publish: grip_publish?,
         },
         listen,
         route: Route {

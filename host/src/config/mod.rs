@@ -128,6 +128,10 @@ pub struct ServeInput {
     pub limits: Limits,
     /// Bounds on held WebSocket connections.
     pub realtime: crate::realtime::Limits,
+    /// The key of a trusted GRIP proxy's `Grip-Sig`.
+    pub grip_key: Option<String>,
+    /// A GRIP proxy's publish endpoint.
+    pub grip_publish: Option<crate::realtime::forward::Endpoint>,
     /// Where the app's key-value buckets live.
     pub keyvalue: StoreChoice,
     /// The host's data directory, or the default.
@@ -227,6 +231,8 @@ impl ServeConfig {
                     shared: input.shared_buckets,
                 },
                 realtime: input.realtime,
+                grip_key: input.grip_key.map(Arc::from),
+                grip_publish: input.grip_publish,
             },
             listen: vec![input.listen],
             route: Route::any(),

@@ -102,3 +102,45 @@ fn held(
         },
     )
 }
+
+/// Where a request to an app came from, as far as GRIP is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client: it may not send WebSocket events, and the host holds
+    /// what the app asks to be held.
+    Client,
+    /// A GRIP proxy the app trusts (`Grip-Sig` signed with its
+    /// `--grip-key`): it may send WebSocket events, and holds answers
+    /// itself.
+    Proxy,
+}
+
+/// Where `req` for `app` came from.
+pub fn origin<B>(app: &App, req: &http::Request<B>) -> Origin {
+    let (Some(key), Some(sig)) = (
+        app.settings().grip_key.as_deref(),
+        req.headers().get("grip-sig").and_then(|v| v.to_str().ok()),
+    ) else {
+        return Origin::Client;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match grip::verify_sig(sig, key.as_bytes(), now) {
+        Ok(()) => Origin::Proxy,
+        Err(why) => {
+            tracing::warn!(app = %app.name(), "{why}; the request is treated as a client's");
+            Origin::Client
+        }
+    }
+}
+
+/// Whether `req` carries WebSocket-over-HTTP events, which only the host's
+/// own sessions and a trusted proxy may send.
+pub fn carries_events<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(crate::realtime::events::CONTENT_TYPE))
+}

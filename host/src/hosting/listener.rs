@@ -36,8 +36,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::hosting::access::{self, Arrival};
 use crate::hosting::connection::{self, Activity, ConnectionLimits, Held, Opening, Paced, Watched};
+use crate::hosting::hold::{self, Origin};
 use crate::hosting::routes::{self, RouteTable};
-use crate::hosting::{hold, websocket};
+use crate::hosting::websocket;
 use crate::ops::metrics::{CONNECTIONS, Cutoff};
 use crate::runtime::request::{self, OverTls, Response};
 
@@ -281,10 +282,26 @@ async fn serve_http<S>(
                     }
                     response
                 }
+                Some(app)
+                    if hold::carries_events(&req) && hold::origin(&app, &req) == Origin::Client =>
+                {
+                    // Forged connection events (a made-up Connection-Id and
+                    // state) would reach the app as a real connection's.
+                    request::plain(
+                        http::StatusCode::FORBIDDEN,
+                        "WebSocket events come only from the host's own connections, or from a GRIP proxy trusted with --grip-key\n".into(),
+                    )
+                }
                 Some(app) => {
                     let late = Arc::new(AtomicBool::new(false));
+                    let origin = hold::origin(&app, &req);
                     let req = req.map(|body| Paced::new(body, body_timeout, late.clone()));
-                    let response = hold::hold(&app, app.handle(req).await, stopping.clone());
+                    let response = app.handle(req).await;
+                    // A trusted proxy holds what the app asks to be held.
+                    let response = match origin {
+                        Origin::Proxy => response,
+                        Origin::Client => hold::hold(&app, response, stopping.clone()),
+                    };
                     if late.load(Ordering::Relaxed) && response.status().is_server_error() {
                         CONNECTIONS.cut(Cutoff::BodyTimeout);
                         request::plain(

@@ -100,6 +100,45 @@ pub fn hold(headers: &http::HeaderMap) -> Result<Option<Hold>, String> {
     }))
 }
 
+/// Checks a `Grip-Sig` token: a JWT signed with HMAC-SHA256 under `key`
+/// (what Pushpin sends, signed with its `sig_key`), not expired at `now`
+/// (seconds since the Unix epoch). The signature is compared in constant
+/// time.
+pub fn verify_sig(token: &str, key: &[u8], now: u64) -> Result<(), String> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.trim().split('.');
+    let (Some(head), Some(claims), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("Grip-Sig is not a JWT (three dot-separated parts)".into());
+    };
+    let decode = |part: &str, what: &str| {
+        b64.decode(part.trim_end_matches('='))
+            .map_err(|_| format!("Grip-Sig: the {what} is not base64url"))
+    };
+    let header: serde_json::Value = serde_json::from_slice(&decode(head, "header")?)
+        .map_err(|_| "Grip-Sig: the header is not JSON".to_string())?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+        return Err("Grip-Sig: only HS256 tokens are accepted".into());
+    }
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key)
+        .map_err(|_| "Grip-Sig: unusable key".to_string())?;
+    mac.update(head.as_bytes());
+    mac.update(b".");
+    mac.update(claims.as_bytes());
+    mac.verify_slice(&decode(sig, "signature")?)
+        .map_err(|_| "Grip-Sig: the signature does not match --grip-key".to_string())?;
+    let claims: serde_json::Value = serde_json::from_slice(&decode(claims, "claims")?)
+        .map_err(|_| "Grip-Sig: the claims are not JSON".to_string())?;
+    match claims.get("exp").and_then(|e| e.as_u64()) {
+        Some(exp) if exp <= now => Err("Grip-Sig: the token has expired".into()),
+        _ => Ok(()),
+    }
+}
+
 /// `Grip-Keep-Alive: DATA; format=raw|cstring; timeout=SECONDS`.
 fn keep_alive(value: &str) -> (Vec<u8>, Duration) {
     let mut parts = value.split(';');
@@ -147,6 +186,42 @@ mod tests {
                 .contains("no channel")
         );
         assert!(control("nope").unwrap_err().contains("not JSON"));
+    }
+
+    /// A token as Pushpin makes one: HS256 over `{"iss":"pushpin","exp":…}`.
+    fn token(key: &[u8], exp: u64) -> String {
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let head = b64.encode(br#"{"typ":"JWT","alg":"HS256"}"#);
+        let claims = b64.encode(format!(r#"{{"iss":"pushpin","exp":{exp}}}"#));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(format!("{head}.{claims}").as_bytes());
+        let sig = b64.encode(mac.finalize().into_bytes());
+        format!("{head}.{claims}.{sig}")
+    }
+
+    #[test]
+    fn grip_signatures_are_checked() {
+        let good = token(b"changeme", 2_000);
+        assert_eq!(verify_sig(&good, b"changeme", 1_000), Ok(()));
+        assert!(
+            verify_sig(&good, b"other", 1_000)
+                .unwrap_err()
+                .contains("does not match")
+        );
+        assert!(
+            verify_sig(&good, b"changeme", 3_000)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert!(
+            verify_sig("a.b", b"changeme", 0)
+                .unwrap_err()
+                .contains("not a JWT")
+        );
+        let forged = format!("{}x", &good[..good.len() - 1]);
+        assert!(verify_sig(&forged, b"changeme", 1_000).is_err());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Hub {
     /// [`crate::realtime::fanout`]); they come back through
     /// [`Hub::deliver`].
     fan_out: OnceLock<mpsc::UnboundedSender<Item>>,
+    /// Where every publish also goes: a GRIP proxy in front of the app
+    /// (see [`crate::realtime::forward`]).
+    forward: OnceLock<mpsc::UnboundedSender<Item>>,
 }
 
 #[derive(Clone)]
@@ -87,11 +90,19 @@ impl Hub {
         let _ = self.fan_out.set(tx);
     }
 
+    /// Sends a copy of every later publish through `tx` as well. Set once.
+    pub fn forward(&self, tx: mpsc::UnboundedSender<Item>) {
+        let _ = self.forward.set(tx);
+    }
+
     /// Publishes `item`: delivered here, or, when publishes fan out, sent
     /// to every host (this one included). Returns how many mailboxes of
     /// this host are subscribed to its channel.
     pub fn publish(&self, item: Item) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(proxy) = self.forward.get() {
+            let _ = proxy.send(item.clone());
+        }
         match self.fan_out.get() {
             None => self.deliver(item),
             Some(tx) => {

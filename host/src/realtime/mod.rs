@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod fanout;
+pub mod forward;
 pub mod grip;
 pub mod hub;
 pub mod publish;
