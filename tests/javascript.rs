@@ -1,0 +1,181 @@
+//! JavaScript apps through the real binary: a component built by
+//! componentize-js from npm (examples/js-hello, on Hono; built and cached by
+//! tests/support/js-component.sh), precompiled with `wasm-host compile`,
+//! reloaded under load between two builds without a failed request or a
+//! lost `waitUntil` job, and served with instance reuse asked for although
+//! its engine (StarlingMonkey) cannot serve twice.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use support::{Host, get};
+
+/// Two builds of the app, and a code cache holding both.
+struct Builds {
+    v1: PathBuf,
+    v2: PathBuf,
+    cache: PathBuf,
+}
+
+/// Builds (or finds cached) versions 1.0.0 and 2.0.0, and precompiles both
+/// into a cache kept beside the test binaries, so later runs skip the
+/// compile.
+fn builds() -> &'static Builds {
+    static BUILDS: OnceLock<Builds> = OnceLock::new();
+    BUILDS.get_or_init(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/support/js-component.sh");
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("js-code-cache");
+        let build = |version: &str| {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(version)
+                .output()
+                .expect("bash runs");
+            assert!(
+                out.status.success(),
+                "building the JavaScript component failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            let compiled = std::process::Command::new(support::BIN)
+                .arg("compile")
+                .arg(&path)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .output()
+                .expect("run wasm-host compile");
+            assert!(
+                compiled.status.success(),
+                "{}",
+                String::from_utf8_lossy(&compiled.stderr)
+            );
+            path
+        };
+        Builds {
+            v1: build("1.0.0"),
+            v2: build("2.0.0"),
+            cache,
+        }
+    })
+}
+
+/// Copies `build` to `dir/js-hello.wasm` (the app's name) and returns it.
+fn app_file(dir: &std::path::Path, build: &std::path::Path) -> PathBuf {
+    let app = dir.join("js-hello.wasm");
+    std::fs::copy(build, &app).expect("copy the component");
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_of_a_javascript_component_costs_one_request_then_answers_right() {
+    let builds = builds();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_file(dir.path(), &builds.v1);
+    let cache = builds.cache.to_str().unwrap();
+    let host = Host::start(
+        &app,
+        &[
+            "--no-watch",
+            "--cache-dir",
+            cache,
+            "--reuse-instances",
+            "10",
+        ],
+    );
+    let first = get(&host.addr, "/").await.unwrap();
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "hello from js 1.0.0\n")
+    );
+    // StarlingMonkey keeps one fetch event per instance: the second request
+    // on a reused instance cannot be answered.
+    let second = get(&host.addr, "/").await.unwrap();
+    assert_eq!(second.status, 500, "{}", second.body);
+    host.wait_log("instance reuse turned off", Duration::from_secs(5));
+    for _ in 0..10 {
+        let answer = get(&host.addr, "/").await.unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "hello from js 1.0.0\n")
+        );
+    }
+    assert_eq!(host.log_lines(&["instance reuse turned off"]).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_between_javascript_builds_under_load_loses_no_request_and_no_job() {
+    let builds = builds();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_file(dir.path(), &builds.v1);
+    let cache = builds.cache.to_str().unwrap();
+    let host = Host::start(&app, &["--no-watch", "--cache-dir", cache]);
+    let loaded = host.wait_log("version loaded", Duration::from_secs(10));
+    assert!(loaded.contains("code_from_disk=true"), "{loaded}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, jobs, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (addr, stop, ok, jobs, failed) = (
+            host.addr.clone(),
+            stop.clone(),
+            ok.clone(),
+            jobs.clone(),
+            failed.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 2_000 {
+                n += 1;
+                // Every other request leaves a job running after its answer.
+                let path = if (n + i) % 2 == 0 {
+                    "/work?ms=200"
+                } else {
+                    "/"
+                };
+                match get(&addr, path).await {
+                    Ok(a) if a.status == 202 => jobs.fetch_add(1, Ordering::Relaxed),
+                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::copy(&builds.v2, &app).unwrap();
+    let said = host.reload_ok(&app);
+    assert!(
+        said.contains("generation 2") || said.contains("live"),
+        "{said}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        get(&host.addr, "/").await.unwrap().body,
+        "hello from js 2.0.0\n"
+    );
+    // Every job started by a 202 finished, old version's included: the
+    // old version retired only after its last job.
+    host.wait_log("version retired", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = host.log_lines(&["work done"]).len() as u64;
+    let started = jobs.load(Ordering::Relaxed);
+    assert!(started > 0 && ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(done, started, "{done} of {started} jobs finished");
+}
