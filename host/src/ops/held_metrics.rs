@@ -5,8 +5,6 @@
 
 use std::fmt::Write;
 
-use crate::ops::metrics::escape;
-
 /// What the renderer needs to know of one app's held connections.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeldView {
@@ -28,15 +26,15 @@ pub struct HeldView {
     pub delivered: u64,
 }
 
-/// Appends the held-connection families for `apps` (name, view) to `out`.
-pub fn render(out: &mut String, apps: &[(&str, HeldView)]) {
+/// Appends the held-connection families for `apps` to `out`: each app's
+/// name, already escaped for a label value, and its view.
+pub fn render(out: &mut String, apps: &[(String, HeldView)]) {
     let mut family = |name: &str,
                       kind: &str,
                       help: &str,
                       sample: &dyn Fn(&HeldView) -> Vec<(&'static str, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (app, view) in apps {
-            let app = escape(app);
             for (labels, value) in sample(view) {
                 let _ = writeln!(out, "{name}{{app=\"{app}\"{labels}}} {value}");
             }

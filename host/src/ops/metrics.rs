@@ -589,7 +589,7 @@ pub fn render(apps: &[AppView<'_>], pools: &[PoolView], ready: bool) -> String {
         }
     }
     render_refused(&mut out);
-    let held: Vec<_> = apps.iter().map(|a| (a.name, a.held)).collect();
+    let held: Vec<_> = apps.iter().map(|a| (escape(a.name), a.held)).collect();
     crate::ops::held_metrics::render(&mut out, &held);
     out
 }
@@ -655,7 +655,7 @@ fn each_version<'a>(
 }
 
 /// Escapes a label value.
-pub(crate) fn escape(value: &str) -> String {
+fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
