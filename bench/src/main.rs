@@ -5,16 +5,21 @@
 //! `wasm-host` and the example apps, then measures throughput and latency
 //! (keep-alive and a new connection per request) for wasm-host, `wasmtime
 //! serve` with default and tuned pooling flags (when `wasmtime` is
-//! installed), and a native hyper server; reload latency and latency during
-//! a reload storm; cold reloads of a large component under load against
-//! Winch's own compile time; and resident memory after 1 and after many
-//! reloads; and the host's own binary upgrade against a restart, under
-//! load. The report opens with the targets and whether each was
+//! installed), and a native hyper server, on a WASI 0.2 hello and, with
+//! each server's defaults, on a WASI 0.3 one; reload latency and latency
+//! during a reload storm; cold reloads of large components (a Rust one and
+//! a componentize-py one) under load against Winch's own compile time; and resident memory after 1 and after many
+//! reloads; the host's own binary upgrade against a restart, under
+//! load; and WebSocket messages/s and what a reload costs connected
+//! clients, on the chat example against Node `ws` under PM2. The report opens with the targets and whether each was
 //! met in this run.
 
 mod cold;
 mod load;
 mod native;
+mod p3;
+mod pm2;
+mod realtime;
 mod report;
 mod servers;
 mod upgrade;
@@ -56,6 +61,15 @@ struct Cli {
     /// Where to write REPORT.md and the chart.
     #[arg(long, default_value = "bench/report")]
     out: PathBuf,
+    /// WebSocket clients of the realtime section.
+    #[arg(long, default_value_t = 64)]
+    ws_clients: usize,
+    /// Messages per second per client in the realtime reload run.
+    #[arg(long, default_value_t = 20)]
+    ws_rate: u32,
+    /// Length of the realtime reload run (longer if the reloads take long).
+    #[arg(long, default_value = "10s", value_parser = wasm_host::config::parse_duration)]
+    ws_reload_run: Duration,
     /// Run only these sections (repeatable) [default: all].
     #[arg(long, value_enum)]
     only: Vec<Section>,
@@ -64,18 +78,26 @@ struct Cli {
 /// A part of the benchmark.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Section {
-    /// Requests/s against the peers.
+    /// Requests/s against the peers, WASI 0.2 and 0.3 rows.
     Throughput,
+    /// Only the WASI 0.3 rows of the throughput section.
+    P3,
     /// Latency and errors during a reload storm.
     Storm,
-    /// A cold reload of a large component under load.
+    /// Cold reloads of large components (Rust and Python) under load.
     Cold,
+    /// Only the Python (componentize-py, WASI 0.3) component of the cold
+    /// section.
+    ColdPython,
     /// Memory after many reloads.
     Memory,
     /// Increments/s through each key-value backend.
     Keyvalue,
     /// The host's own binary upgrade against a restart, under load.
     Upgrade,
+    /// WebSocket messages/s and the cost of a reload to connected clients,
+    /// on the chat example against Node `ws` under PM2 cluster mode.
+    Realtime,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,10 +130,21 @@ fn main() -> Result<()> {
         cli.rounds,
         tools.wrk.is_some(),
     );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        report.command(&format!(
+            "cargo run --release -p wasm-host-bench -- {}",
+            args.join(" ")
+        ));
+    }
     match &tools.wasmtime {
-        Some(p) => println!("peer: {}", p.display()),
+        Some(p) => {
+            let version = servers::wasmtime_version(p).unwrap_or_else(|| "unknown version".into());
+            println!("peer: {} ({version})", p.display());
+            report.note(&format!("`wasmtime serve`: {version}, {}", p.display()));
+        }
         None => {
-            let note = "wasmtime not found on PATH: `wasmtime serve` was skipped (install it with `cargo install wasmtime-cli --version 48.0.8`)";
+            let note = "wasmtime not found ($WASMTIME, PATH, ~/.cache/wasmtime-cli/bin): `wasmtime serve` was skipped (install it with `cargo install wasmtime-cli --version 48.0.8`)";
             println!("{note}");
             report.note(note);
         }
@@ -119,15 +152,47 @@ fn main() -> Result<()> {
 
     let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
     if wanted(Section::Throughput) {
-        throughput(&cli, &tools, &component, &mut report)?;
+        let list = contenders(&tools);
+        throughput(
+            &cli,
+            &tools,
+            &list,
+            &component,
+            report::Wasi::P2,
+            &mut report,
+        )?;
+    }
+    // `--only throughput` takes the 0.3 rows too; `--only p3` only them.
+    if wanted(Section::Throughput) || wanted(Section::P3) {
+        let component = p3::hello(&repo, &scratch)?;
+        let list = p3::contenders(&tools);
+        throughput(
+            &cli,
+            &tools,
+            &list,
+            &component,
+            report::Wasi::P3,
+            &mut report,
+        )?;
     }
     if wanted(Section::Storm) {
         storm(&cli, &tools, &component, &hello, &mut report)?;
     }
     if wanted(Section::Cold) {
-        let big = repo.join("examples/target/wasm32-wasip2/release/big.wasm");
-        let cold = cold::measure(&tools, &component, &big, cli.duration, cli.connections)?;
-        report.cold(cold);
+        let big = cold::Subject {
+            label: "`big` (Rust, WASI 0.2)".into(),
+            path: repo.join("examples/target/wasm32-wasip2/release/big.wasm"),
+            baseline: component.clone(),
+            traffic: "`hello` (WASI 0.2), then the previous trial's version".into(),
+            fresh: cold::Fresh::Stamp { prefix: "big" },
+            tier_up_limit: Duration::from_secs(120),
+        };
+        report.cold(cold::measure(&tools, &big, cli.duration, cli.connections)?);
+    }
+    // `--only cold` takes the Python component too; `--only cold-python`
+    // only it.
+    if wanted(Section::Cold) || wanted(Section::ColdPython) {
+        cold_python(&cli, &tools, &repo, &scratch, &mut report)?;
     }
     if wanted(Section::Memory) {
         memory(&cli, &tools, &component, &hello, &mut report)?;
@@ -140,6 +205,19 @@ fn main() -> Result<()> {
     if wanted(Section::Upgrade) {
         let changes = upgrade::measure(&tools, &component, cli.duration, cli.connections / 2)?;
         report.upgrade(changes);
+    }
+
+    if wanted(Section::Realtime) {
+        let chat = std::fs::read(repo.join("examples/target/wasm32-wasip2/release/chat.wasm"))
+            .context("chat.wasm was not built")?;
+        let options = realtime::Options {
+            clients: cli.ws_clients,
+            duration: cli.duration,
+            rounds: cli.rounds,
+            rate: cli.ws_rate,
+            run: cli.ws_reload_run,
+        };
+        report.realtime(realtime::measure(&options, &tools, &repo, &chat)?);
     }
 
     std::fs::create_dir_all(&cli.out)?;
@@ -249,13 +327,16 @@ fn contenders(tools: &Tools) -> Vec<(&'static str, Kind)> {
     list
 }
 
+/// Every server of `list` serving `component` in each round, recorded in
+/// the report's `wasi` group.
 fn throughput(
     cli: &Cli,
     tools: &Tools,
+    list: &[(&'static str, Kind)],
     component: &Path,
+    wasi: report::Wasi,
     report: &mut report::Report,
 ) -> Result<()> {
-    let list = contenders(tools);
     for round in 0..cli.rounds {
         for i in 0..list.len() {
             // Alternate the order so no server always runs on a warmer machine.
@@ -282,18 +363,58 @@ fn throughput(
                     None => (&load::run(&spec(keep_alive, cli.duration))?).into(),
                 };
                 println!(
-                    "round {} {name:<28} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                    "round {} {:<4} {name:<28} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
                     round + 1,
+                    wasi.label(),
                     if keep_alive { "keep-alive" } else { "new-conn" },
                     result.rps,
                     result.p50,
                     result.p99,
                     result.errors
                 );
-                report.throughput(name, keep_alive, result);
+                report.throughput(wasi, name, keep_alive, result);
             }
         }
     }
+    Ok(())
+}
+
+/// Cold reloads of the componentize-py component on a host serving the
+/// 0.3 hello; skipped, with a note, where the component cannot be built.
+fn cold_python(
+    cli: &Cli,
+    tools: &Tools,
+    repo: &Path,
+    scratch: &Path,
+    report: &mut report::Report,
+) -> Result<()> {
+    let python = match p3::python_component(repo) {
+        Ok(path) => path,
+        Err(e) => {
+            let note = format!("The Python component was skipped: {e:#}");
+            println!("{note}");
+            report.note(&note);
+            return Ok(());
+        }
+    };
+    let baseline = p3::hello(repo, scratch)?;
+    let subject = cold::Subject {
+        label: "`python-p3` (componentize-py, WASI 0.3)".into(),
+        path: python,
+        baseline,
+        traffic: "`hello-p3-plain` (WASI 0.3), which goes live again before each trial".into(),
+        fresh: cold::Fresh::Nonce {
+            answer: "hello from python".into(),
+        },
+        // Its optimized code takes much longer than the Rust one's.
+        tier_up_limit: Duration::from_secs(300),
+    };
+    report.cold(cold::measure(
+        tools,
+        &subject,
+        cli.duration,
+        cli.connections,
+    )?);
     Ok(())
 }
 

@@ -1,7 +1,6 @@
 //! The benchmark report: a Markdown file with the measured tables and ratio
 //! lines, and an SVG chart of throughput and p99 over the reload storm.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use anyhow::Result;
 use crate::load::{BUCKET, LoadResult};
 
 mod targets;
+mod throughput;
 
 /// One throughput measurement.
 pub struct Summary {
@@ -55,6 +55,10 @@ struct Storm {
 
 /// Cold reloads of a large component under load.
 pub struct Cold {
+    /// Which component, as the report names it.
+    pub label: String,
+    /// What the app served before each reload, for the report.
+    pub traffic: String,
     /// Component size in bytes.
     pub size: u64,
     /// One entry per never-seen version reloaded.
@@ -65,6 +69,18 @@ pub struct Cold {
 }
 
 impl Cold {
+    /// Median over the trials of the time from the reload command to the
+    /// new version's first answer.
+    pub fn median_serving(&self) -> Option<Duration> {
+        median(
+            self.trials
+                .iter()
+                .filter_map(|t| t.serving)
+                .map(|d| d.as_secs_f64()),
+        )
+        .map(Duration::from_secs_f64)
+    }
+
     /// Median over the trials of time-to-serve over Winch's compile time.
     pub fn serving_over_winch(&self) -> Option<f64> {
         let (_, Some(winch)) = self.reference? else {
@@ -106,17 +122,38 @@ pub struct ColdTrial {
     pub errors: u64,
 }
 
+/// Which WASI the servers of a throughput run were given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wasi {
+    /// The 0.2 hello (`wasi:http/proxy`).
+    P2,
+    /// The 0.3 hello (`wasi:http/service`).
+    P3,
+}
+
+impl Wasi {
+    /// A short name for the console.
+    pub fn label(self) -> &'static str {
+        match self {
+            Wasi::P2 => "0.2",
+            Wasi::P3 => "0.3",
+        }
+    }
+}
+
 /// Everything measured, in the order it was measured.
 pub struct Report {
     setup: String,
     notes: Vec<String>,
-    runs: BTreeMap<(String, bool), Vec<Summary>>,
-    order: Vec<String>,
+    command: String,
+    p2: throughput::Table,
+    p3: throughput::Table,
     storm: Option<Storm>,
     memory: Option<(u64, u64, usize, Duration)>,
-    cold: Option<Cold>,
+    cold: Vec<Cold>,
     keyvalue: Vec<KvRun>,
     upgrade: Vec<crate::upgrade::Change>,
+    realtime: Option<crate::realtime::Realtime>,
 }
 
 /// Increments through the `counter` example on one key-value backend.
@@ -153,13 +190,15 @@ impl Report {
                     .unwrap_or(0)
             ),
             notes: Vec::new(),
-            runs: BTreeMap::new(),
-            order: Vec::new(),
+            command: "cargo run --release -p wasm-host-bench".into(),
+            p2: Default::default(),
+            p3: Default::default(),
             storm: None,
             memory: None,
             keyvalue: Vec::new(),
             upgrade: Vec::new(),
-            cold: None,
+            realtime: None,
+            cold: Vec::new(),
         }
     }
 
@@ -168,15 +207,18 @@ impl Report {
         self.notes.push(text.to_string());
     }
 
-    /// Records one throughput run.
-    pub fn throughput(&mut self, name: &str, keep_alive: bool, run: Summary) {
-        if !self.order.iter().any(|n| n == name) {
-            self.order.push(name.to_string());
+    /// Sets the command line the report says it came from.
+    pub fn command(&mut self, line: &str) {
+        self.command = line.to_string();
+    }
+
+    /// Records one throughput run of a server in the `wasi` group.
+    pub fn throughput(&mut self, wasi: Wasi, name: &str, keep_alive: bool, run: Summary) {
+        match wasi {
+            Wasi::P2 => &mut self.p2,
+            Wasi::P3 => &mut self.p3,
         }
-        self.runs
-            .entry((name.to_string(), keep_alive))
-            .or_default()
-            .push(run);
+        .record(name, keep_alive, run);
     }
 
     /// Records the reload storm.
@@ -210,9 +252,9 @@ impl Report {
         });
     }
 
-    /// Records the cold reload of a large component.
+    /// Records the cold reloads of one large component.
     pub fn cold(&mut self, cold: Cold) {
-        self.cold = Some(cold);
+        self.cold.push(cold);
     }
 
     /// Records one key-value backend's run.
@@ -224,102 +266,57 @@ impl Report {
         self.keyvalue.push(run);
     }
 
+    /// Records the WebSocket section.
+    pub fn realtime(&mut self, realtime: crate::realtime::Realtime) {
+        self.realtime = Some(realtime);
+    }
+
     /// Records the memory readings.
     pub fn memory(&mut self, after_one: u64, after_many: u64, reloads: usize, took: Duration) {
         self.memory = Some((after_one, after_many, reloads, took));
-    }
-
-    fn mean(&self, name: &str, keep_alive: bool) -> Option<Summary> {
-        let runs = self.runs.get(&(name.to_string(), keep_alive))?;
-        let n = runs.len() as f64;
-        let avg = |f: fn(&Summary) -> f64| runs.iter().map(f).sum::<f64>() / n;
-        Some(Summary {
-            rps: avg(|r| r.rps),
-            p50: avg(|r| r.p50),
-            p99: avg(|r| r.p99),
-            p999: avg(|r| r.p999),
-            errors: runs.iter().map(|r| r.errors).sum(),
-        })
-    }
-
-    /// `ours` req/s over `peer`'s, round by round: both ran in each round,
-    /// back to back, so each ratio compares two servers on the same machine
-    /// state, and the noise between rounds stays out of it.
-    fn round_ratios(&self, ours: &str, peer: &str, keep_alive: bool) -> Vec<f64> {
-        let runs = |name: &str| self.runs.get(&(name.to_string(), keep_alive));
-        let (Some(ours), Some(peer)) = (runs(ours), runs(peer)) else {
-            return Vec::new();
-        };
-        ours.iter()
-            .zip(peer)
-            .map(|(o, p)| o.rps / p.rps.max(f64::MIN_POSITIVE))
-            .collect()
-    }
-
-    /// The median of [`Report::round_ratios`], if both servers ran.
-    fn ratio_of(&self, ours: &str, peer: &str, keep_alive: bool) -> Option<f64> {
-        median(self.round_ratios(ours, peer, keep_alive))
-    }
-
-    /// Writes one ratio line of `ours` against each other server `pick`
-    /// takes: the median of the rounds, and their spread.
-    fn ratios(
-        &self,
-        md: &mut String,
-        ours: &str,
-        keep_alive: bool,
-        pick: impl Fn(&&String) -> bool,
-    ) -> Result<()> {
-        for name in self.order.iter().filter(|n| *n != ours).filter(pick) {
-            let rounds = self.round_ratios(ours, name, keep_alive);
-            let Some(mid) = median(rounds.iter().copied()) else {
-                continue;
-            };
-            let low = rounds.iter().copied().fold(f64::INFINITY, f64::min);
-            let high = rounds.iter().copied().fold(0.0, f64::max);
-            writeln!(
-                md,
-                "- {ours} / {name}: **{mid:.2}×** (median of {} rounds; lowest {low:.2}×, highest {high:.2}×)",
-                rounds.len()
-            )?;
-        }
-        Ok(())
     }
 
     /// Writes `REPORT.md` and `storm.svg` into `dir`, and prints the summary.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let mut md = String::new();
         writeln!(md, "# wasm-host benchmark\n\nSetup: {}.\n", self.setup)?;
-        writeln!(md, "Command: `cargo run --release -p wasm-host-bench`\n")?;
+        writeln!(md, "Command: `{}`\n", self.command)?;
         self.targets(&mut md)?;
         for keep_alive in [true, false] {
+            if self.p2.is_empty() && self.p3.is_empty() {
+                break;
+            }
             let mode = if keep_alive {
                 "keep-alive connections"
             } else {
                 "a new connection per request"
             };
             writeln!(md, "## Throughput, {mode}\n")?;
-            writeln!(
-                md,
-                "| server | req/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---:|---:|---:|---:|---:|"
-            )?;
-            for name in &self.order {
-                if let Some(r) = self.mean(name, keep_alive) {
-                    writeln!(
-                        md,
-                        "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-                        r.rps, r.p50, r.p99, r.p999, r.errors
-                    )?;
-                }
+            if !self.p2.is_empty() {
+                writeln!(md, "### WASI 0.2 (`hello`, `wasi:http/proxy`)\n")?;
+                self.p2.write(&mut md, keep_alive)?;
+                // Fresh instance per request against the others; reuse
+                // against reuse.
+                let fresh = |n: &&String| !n.contains("reuse");
+                self.p2.ratios(&mut md, "wasm-host", keep_alive, fresh)?;
+                let reuse = |n: &&String| n.contains("reuse");
+                self.p2
+                    .ratios(&mut md, "wasm-host, instance reuse", keep_alive, reuse)?;
+                writeln!(md)?;
             }
-            writeln!(md)?;
-            // Fresh instance per request against the others; reuse against
-            // reuse.
-            let fresh = |n: &&String| !n.contains("reuse");
-            self.ratios(&mut md, "wasm-host", keep_alive, fresh)?;
-            let reuse = |n: &&String| n.contains("reuse");
-            self.ratios(&mut md, "wasm-host, instance reuse", keep_alive, reuse)?;
-            writeln!(md)?;
+            if !self.p3.is_empty() {
+                writeln!(
+                    md,
+                    "### WASI 0.3 (`hello-p3-plain`, `wasi:http/service`), each server with its defaults\n"
+                )?;
+                writeln!(
+                    md,
+                    "The same component in both hosts. Both run many requests at once on one instance: wasm-host up to 16 and replaces the instance after 1000 requests, `wasmtime serve` up to 16 and after 128.\n"
+                )?;
+                self.p3.write(&mut md, keep_alive)?;
+                self.p3.ratios(&mut md, "wasm-host", keep_alive, |_| true)?;
+                writeln!(md)?;
+            }
         }
         if let Some(s) = &self.storm {
             writeln!(md, "## Reloads under load\n")?;
@@ -366,8 +363,8 @@ impl Report {
             )?;
             std::fs::write(dir.join("storm.svg"), &s.chart)?;
         }
-        if let Some(c) = &self.cold {
-            cold_section(&mut md, c)?;
+        if !self.cold.is_empty() {
+            cold_section(&mut md, &self.cold)?;
         }
         if let Some((one, many, n, took)) = self.memory {
             writeln!(md, "## Memory\n")?;
@@ -434,6 +431,9 @@ impl Report {
                 "\n`upgrade` is `wasm-host upgrade`; `restart` stops the host with SIGTERM and starts it again on the same address, as `systemctl restart` does. The keep-alive client opens a new connection when the server closed its connection between requests (as pooled clients do); any request sent and not answered 200 counts as failed.\n"
             )?;
         }
+        if let Some(realtime) = &self.realtime {
+            realtime.write(&mut md)?;
+        }
         for note in &self.notes {
             writeln!(md, "> {note}\n")?;
         }
@@ -456,18 +456,51 @@ fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
-/// Writes the cold-reload section: one row per trial, then the medians
-/// against Winch's own compile time.
-fn cold_section(md: &mut String, c: &Cold) -> Result<()> {
+/// Writes the cold-reload section: the components side by side, then for
+/// each one row per trial and the medians against Winch's compile time.
+fn cold_section(md: &mut String, all: &[Cold]) -> Result<()> {
+    writeln!(md, "## Cold reload of a large component, under load\n")?;
     writeln!(
         md,
-        "## Cold reload of a large component, under load
-"
+        "Each trial reloads a never-seen version of the component (nothing cached) while keep-alive clients load the app; the host serves it first on quickly compiled (Winch) code and switches to optimized code compiled in the background.\n"
     )?;
+    if all.len() > 1 {
+        writeln!(
+            md,
+            "| component | size MB | command → first answer, median (ms) | `wasmtime compile` with Winch (ms) | first answer / Winch | p99 at rest → while compiling, median (ms) | while compiling / at rest |\n|---|---:|---:|---:|---:|---:|---:|"
+        )?;
+        for c in all {
+            let winch = c.reference.and_then(|(_, winch)| winch);
+            let times = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.2}×"));
+            writeln!(
+                md,
+                "| {} | {:.1} | {} | {} | {} | {:.2} → {:.2} | {} |",
+                c.label,
+                c.size as f64 / 1e6,
+                ms(c.median_serving()),
+                ms(winch),
+                times(c.serving_over_winch()),
+                median(c.trials.iter().map(|t| t.rest_p99_ms)).unwrap_or(0.0),
+                median(c.trials.iter().map(|t| t.compiling_p99_ms)).unwrap_or(0.0),
+                times(c.p99_ratio()),
+            )?;
+        }
+        writeln!(md)?;
+    }
+    for c in all {
+        cold_component(md, c)?;
+    }
+    Ok(())
+}
+
+/// One component's trials and medians.
+fn cold_component(md: &mut String, c: &Cold) -> Result<()> {
+    writeln!(md, "### {}\n", c.label)?;
     writeln!(
         md,
-        "Component size {:.1} MB; each trial reloads a never-seen version of it under load.\n",
-        c.size as f64 / 1e6
+        "Component size {:.1} MB; the other traffic is {}.\n",
+        c.size as f64 / 1e6,
+        c.traffic
     )?;
     writeln!(
         md,

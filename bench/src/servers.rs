@@ -221,18 +221,45 @@ impl Drop for Server {
     }
 }
 
-fn free_addr() -> Result<SocketAddr> {
+/// A free port on 127.0.0.1 (free when asked; the OS may hand it out again
+/// before the caller binds it, which on an idle test machine it does not).
+pub fn free_addr() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
 
-/// Finds `wasmtime` on PATH or in the benchmark's install folder.
+/// Finds `wasmtime`: the file `$WASMTIME` names if set (so a run can pick
+/// one version among several installed), else the first on PATH, else one
+/// in the install folders `cargo install --root ~/.cache/wasmtime-cli` or
+/// `~/.cache/wasmtime-48` made.
 pub fn find_wasmtime() -> Option<PathBuf> {
+    if let Some(named) = std::env::var_os("WASMTIME").filter(|v| !v.is_empty()) {
+        // An explicit choice that does not exist is reported, not replaced
+        // by another wasmtime the reader did not ask for.
+        let named = PathBuf::from(named);
+        if !named.is_file() {
+            eprintln!(
+                "WASMTIME={} is not a file; `wasmtime serve` is skipped",
+                named.display()
+            );
+            return None;
+        }
+        return Some(named);
+    }
     on_path("wasmtime").or_else(|| {
         let home = std::env::var_os("HOME")?;
-        let p = Path::new(&home).join(".cache/wasmtime-cli/bin/wasmtime");
-        p.is_file().then_some(p)
+        [".cache/wasmtime-cli", ".cache/wasmtime-48"]
+            .iter()
+            .map(|root| Path::new(&home).join(root).join("bin/wasmtime"))
+            .find(|p| p.is_file())
     })
+}
+
+/// What `wasmtime --version` prints (`wasmtime 48.0.8 (…)`), for the report.
+pub fn wasmtime_version(wasmtime: &Path) -> Option<String> {
+    let out = Command::new(wasmtime).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
 }
 
 /// The program `name` in a directory of PATH, if any.
