@@ -5,16 +5,18 @@
 //! `wasm-host` and the example apps, then measures throughput and latency
 //! (keep-alive and a new connection per request) for wasm-host, `wasmtime
 //! serve` with default and tuned pooling flags (when `wasmtime` is
-//! installed), and a native hyper server, on a WASI 0.2 hello and, with
-//! each server's defaults, on a WASI 0.3 one; reload latency and latency
-//! during a reload storm; cold reloads of large components (a Rust one and
-//! a componentize-py one) under load against Winch's own compile time; and resident memory after 1 and after many
+//! installed; `$WASMTIME` picks one), and a native hyper server, on a WASI
+//! 0.2 hello and, with each server's defaults, on a WASI 0.3 one; reload
+//! latency and latency during a reload storm; cold reloads of large
+//! components (Rust, componentize-js and componentize-py ones) under load
+//! against Winch's own compile time; resident memory after 1 and after many
 //! reloads; the host's own binary upgrade against a restart, under
 //! load; and WebSocket messages/s and what a reload costs connected
 //! clients, on the chat example against Node `ws` under PM2. The report opens with the targets and whether each was
 //! met in this run.
 
 mod cold;
+mod guests;
 mod load;
 mod native;
 mod p3;
@@ -84,11 +86,15 @@ enum Section {
     P3,
     /// Latency and errors during a reload storm.
     Storm,
-    /// Cold reloads of large components (Rust and Python) under load.
+    /// Cold reloads of large components (Rust, JavaScript and Python)
+    /// under load.
     Cold,
     /// Only the Python (componentize-py, WASI 0.3) component of the cold
     /// section.
     ColdPython,
+    /// Only the JavaScript (componentize-js, WASI 0.2) component of the
+    /// cold section.
+    ColdJs,
     /// Memory after many reloads.
     Memory,
     /// Increments/s through each key-value backend.
@@ -183,14 +189,17 @@ fn main() -> Result<()> {
             label: "`big` (Rust, WASI 0.2)".into(),
             path: repo.join("examples/target/wasm32-wasip2/release/big.wasm"),
             baseline: component.clone(),
-            traffic: "`hello` (WASI 0.2), then the previous trial's version".into(),
+            traffic: "`hello` (WASI 0.2) in the first trial, then the previous trial's version; after the swap, the new version".into(),
             fresh: cold::Fresh::Stamp { prefix: "big" },
             tier_up_limit: Duration::from_secs(120),
         };
         report.cold(cold::measure(&tools, &big, cli.duration, cli.connections)?);
     }
-    // `--only cold` takes the Python component too; `--only cold-python`
-    // only it.
+    // `--only cold` takes the JavaScript and Python components too;
+    // `--only cold-js` or `--only cold-python` only that one.
+    if wanted(Section::Cold) || wanted(Section::ColdJs) {
+        cold_javascript(&cli, &tools, &repo, &component, &mut report)?;
+    }
     if wanted(Section::Cold) || wanted(Section::ColdPython) {
         cold_python(&cli, &tools, &repo, &scratch, &mut report)?;
     }
@@ -379,6 +388,43 @@ fn throughput(
     Ok(())
 }
 
+/// Cold reloads of the componentize-js component on a host serving the
+/// 0.2 hello; skipped, with a note, where the component cannot be built.
+fn cold_javascript(
+    cli: &Cli,
+    tools: &Tools,
+    repo: &Path,
+    hello: &Path,
+    report: &mut report::Report,
+) -> Result<()> {
+    let js = match guests::javascript(repo) {
+        Ok(path) => path,
+        Err(e) => {
+            let note = format!("The JavaScript component was skipped: {e:#}");
+            println!("{note}");
+            report.note(&note);
+            return Ok(());
+        }
+    };
+    let subject = cold::Subject {
+        label: "`js-hello` (componentize-js, WASI 0.2)".into(),
+        path: js,
+        baseline: hello.to_path_buf(),
+        traffic: "`hello` (WASI 0.2), live again before each trial; after the swap, the JavaScript app itself, so the last columns include its own slower answers".into(),
+        fresh: cold::Fresh::Nonce {
+            answer: format!("hello from js {}", guests::JS_VERSION),
+        },
+        tier_up_limit: Duration::from_secs(300),
+    };
+    report.cold(cold::measure(
+        tools,
+        &subject,
+        cli.duration,
+        cli.connections,
+    )?);
+    Ok(())
+}
+
 /// Cold reloads of the componentize-py component on a host serving the
 /// 0.3 hello; skipped, with a note, where the component cannot be built.
 fn cold_python(
@@ -388,7 +434,7 @@ fn cold_python(
     scratch: &Path,
     report: &mut report::Report,
 ) -> Result<()> {
-    let python = match p3::python_component(repo) {
+    let python = match guests::python(repo) {
         Ok(path) => path,
         Err(e) => {
             let note = format!("The Python component was skipped: {e:#}");
@@ -402,7 +448,7 @@ fn cold_python(
         label: "`python-p3` (componentize-py, WASI 0.3)".into(),
         path: python,
         baseline,
-        traffic: "`hello-p3-plain` (WASI 0.3), which goes live again before each trial".into(),
+        traffic: "`hello-p3-plain` (WASI 0.3), live again before each trial; after the swap, the Python app itself, so the last columns include its own slower answers".into(),
         fresh: cold::Fresh::Nonce {
             answer: "hello from python".into(),
         },

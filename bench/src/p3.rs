@@ -1,6 +1,5 @@
-//! The WASI 0.3 (`wasi:http/service`) parts of the benchmark: which servers
-//! the 0.3 throughput rows compare, and the componentize-py component the
-//! cold section reloads beside the Rust one.
+//! The WASI 0.3 (`wasi:http/service`) throughput rows: which servers they
+//! compare, on which component.
 //!
 //! Both servers run the same file, `hello-p3-plain` (it imports nothing but
 //! WASI, so `wasmtime serve` can link it), each with its own defaults:
@@ -9,9 +8,8 @@
 //! measuring itself is the throughput and cold sections' code.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::servers::{Kind, Tools};
 
@@ -41,31 +39,4 @@ pub fn contenders(tools: &Tools) -> Vec<(&'static str, Kind)> {
     // state (the 0.2 rows' ceiling is another run).
     list.push(("native hyper (ceiling)", Kind::Native));
     list
-}
-
-/// Builds (or finds in its cache) the componentize-py component with
-/// `tests/support/python-component.sh` and returns its path. The script
-/// needs Python 3.10+ and, on its first run, PyPI.
-pub fn python_component(repo: &Path) -> Result<PathBuf> {
-    let script = repo.join("tests/support/python-component.sh");
-    // Its progress goes to our stderr; only the path comes on stdout.
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed ({})", script.display(), out.status);
-    }
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_string();
-    let path = PathBuf::from(path);
-    if !path.is_file() {
-        bail!("{} printed no component path", script.display());
-    }
-    Ok(path)
 }
