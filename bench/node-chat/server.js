@@ -32,8 +32,13 @@ if (!Number.isInteger(port) || port <= 0) {
 }
 
 const server = http.createServer((req, res) => {
-  res.writeHead(200, { 'content-type': 'text/plain' });
-  res.end(`chat gen${build} node ${process.pid}\n`);
+  const body = `chat gen${build} node ${process.pid}\n`;
+  // A length, not chunks: the benchmark reads this with a bare socket.
+  res.writeHead(200, {
+    'content-type': 'text/plain',
+    'content-length': Buffer.byteLength(body),
+  });
+  res.end(body);
 });
 const wss = new WebSocketServer({ server });
 
