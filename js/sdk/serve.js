@@ -1,0 +1,87 @@
+// serve(): the app's fetch listener, and the work a request may leave for
+// after its response (waitUntil, afterResponse), which the host counts as the
+// request's own: a reload waits for it.
+const EVENT_KEY = Symbol.for("wasm-host.fetch-event");
+
+// The request in progress. StarlingMonkey runs one request per instance, so
+// there is at most one.
+let current = null;
+
+function describe(err) {
+  if (err instanceof Error) {
+    const head = `${err.name}: ${err.message}`;
+    return err.stack ? `${head}\n${err.stack.trimEnd()}` : head;
+  }
+  return String(err);
+}
+
+function errorResponse(err) {
+  const text = describe(err);
+  console.error(`uncaught error in the request handler: ${text}`);
+  return new Response(`500 Internal Server Error\n\n${text}\n`, {
+    status: 500,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
+}
+
+function asResponse(value) {
+  if (value instanceof Response) {
+    return value;
+  }
+  return errorResponse(new TypeError(`the handler answered with ${value === null ? "null" : typeof value}, not a Response`));
+}
+
+function eventNow(what) {
+  const event = current?.event ?? globalThis[EVENT_KEY];
+  if (!event) {
+    throw new Error(`${what}: no request is in progress (call it while handling a request)`);
+  }
+  return event;
+}
+
+/** Keeps the request going until `promise` settles (after the response too). */
+export function waitUntil(promise) {
+  const event = eventNow("waitUntil");
+  event.waitUntil(
+    Promise.resolve(promise).catch((err) => console.error(`uncaught error in work after the response: ${describe(err)}`)),
+  );
+}
+
+/** Runs `fn` once the handler has produced its response; the host waits for it. */
+export function afterResponse(fn) {
+  const answered = current?.answered ?? new Promise((resolve) => setTimeout(resolve, 0));
+  waitUntil(answered.then(() => fn()));
+}
+
+/**
+ * Serves requests with `handler`: a function `(request, ctx) => Response`
+ * (or a promise of one), or an object with `fetch(request, env, ctx)`, such
+ * as a Hono app. Call it once, at the top level of the entry module.
+ */
+export function serve(handler) {
+  let call;
+  if (typeof handler === "function") {
+    call = (request, ctx) => handler(request, ctx);
+  } else if (handler && typeof handler.fetch === "function") {
+    call = (request, ctx) => handler.fetch(request, {}, ctx);
+  } else {
+    throw new TypeError("serve() needs a function (request, ctx) => Response or an object with a fetch method");
+  }
+  addEventListener("fetch", (event) => {
+    let settle;
+    current = { event, answered: new Promise((resolve) => (settle = resolve)) };
+    const ctx = {
+      waitUntil,
+      afterResponse,
+      passThroughOnException() {},
+    };
+    let answer;
+    try {
+      answer = Promise.resolve(call(event.request, ctx)).then(asResponse, errorResponse);
+    } catch (err) {
+      answer = Promise.resolve(errorResponse(err));
+    }
+    answer.then(() => settle());
+    event.respondWith(answer);
+  });
+}
