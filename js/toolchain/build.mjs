@@ -36,6 +36,7 @@ import { generateWorld, relabelWit } from "./world.mjs";
 const here = dirname(fileURLToPath(import.meta.url));
 const FEATURES = ["stdio", "random", "clocks", "http"];
 const EXTENSIONS = [".js", ".mjs", ".ts", ".mts"];
+const NODE_BUILTINS = ["fs", "path", "os", "net", "http", "https", "crypto", "buffer", "stream", "child_process", "url", "util", "events", "zlib", "process", "tls", "dns"];
 
 function fail(message, ...hints) {
   console.error(`build.mjs: ${message}`);
@@ -212,9 +213,13 @@ try {
     // Warnings were shown by the first pass.
     output = bundleOutput((await build({ ...options, logLevel: "error" })).metafile);
   }
-} catch {
+} catch (err) {
   // esbuild has printed each error with file:line:column.
-  fail(`esbuild could not bundle ${relative(appDir, entry)} (the errors are above)`);
+  const builtin = (err.errors ?? []).map((e) => /Could not resolve "((node:)?[a-z_]+)"/.exec(e.text)?.[1]).find((m) => m && (m.startsWith("node:") || NODE_BUILTINS.includes(m)));
+  fail(
+    `esbuild could not bundle ${relative(appDir, entry)} (the errors are above)`,
+    ...(builtin ? [`"${builtin}" is a Node.js module; wasm-host apps run on web APIs (see @wasm-host/sdk's README for what to use instead)`] : []),
+  );
 }
 const bundled = performance.now();
 

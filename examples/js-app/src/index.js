@@ -8,6 +8,7 @@
 //   POST /jobs?ms=N     response, logs, and counts itself in kv `jobs_done`
 //   GET  /jobs          how many jobs finished
 //   GET  /count         increments the kv counter `count`, answers its value
+//   GET  /drained       the kv keys drained_gen_N the drain hook wrote
 //   GET  /config/:key   a wasi:config value (--config-var KEY=VALUE)
 //   GET  /boom          throws: the SDK answers 500 with the message and stack
 //
@@ -58,6 +59,12 @@ app.post("/jobs", startJob);
 app.get("/jobs", (c) => c.text(`${kv.open().get("jobs_done") ?? 0} jobs done\n`));
 
 app.get("/count", (c) => c.text(`${kv.open().increment("count")}\n`));
+
+app.get("/drained", (c) => {
+  const bucket = kv.open();
+  const lines = bucket.keys().filter((key) => key.startsWith("drained_gen_")).map((key) => `${key} ${bucket.get(key)}\n`);
+  return c.text(lines.join("") || "no version has drained yet\n");
+});
 
 app.get("/config/:key", (c) => {
   const key = c.req.param("key");
