@@ -13,7 +13,7 @@ ROOT = sys.argv[1] if len(sys.argv) > 1 else "host/src"
 # and ops (metrics, logs) sit beside everything and reach nothing; oci (the registry client) reaches only the runtime's
 # digest type.
 RANK = {
-    "ops": 0, "kv": 0, "realtime": 0,
+    "ops": 0, "kv": 0, "realtime": 0, "build": 0,
     "runtime": 1,
     "oci": 2,
     "app": 3,

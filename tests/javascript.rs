@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use support::{Host, get};
+use support::{Host, get, wait_for_body};
 
 /// Two builds of the app, and a code cache holding both.
 struct Builds {
@@ -178,4 +178,76 @@ async fn a_reload_between_javascript_builds_under_load_loses_no_request_and_no_j
     let started = jobs.load(Ordering::Relaxed);
     assert!(started > 0 && ok.load(Ordering::Relaxed) > 0);
     assert_eq!(done, started, "{done} of {started} jobs finished");
+}
+
+/// Writes a one-file JavaScript app (no npm dependencies) whose `/` answers
+/// `text` and whose `/boom` throws.
+fn write_script(dir: &std::path::Path, text: &str) {
+    std::fs::write(
+        dir.join("src/app.js"),
+        format!(
+            "addEventListener(\"fetch\", (event) => {{\n\
+             \x20 const url = new URL(event.request.url);\n\
+             \x20 if (url.pathname === \"/boom\") {{\n\
+             \x20   throw new Error(\"kaboom in {text}\");\n\
+             \x20 }}\n\
+             \x20 event.respondWith(new Response({:?}));\n\
+             }});\n",
+            format!("{text}\n")
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dir_builds_a_javascript_app_and_a_save_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("saveapp");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{ "name": "@acme/save-app", "version": "1.0.0", "type": "module", "main": "src/app.js" }"#,
+    )
+    .unwrap();
+    write_script(&app, "one");
+    // The first start installs the toolchain (npm, once per machine), then
+    // builds and compiles a 13 MB component.
+    let host = Host::start(&app, &[]);
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "one\n");
+    // The app's name is package.json's, without the npm scope.
+    let status = host.status_json();
+    assert!(
+        status.to_string().contains("\"save-app\""),
+        "app name not from package.json: {status}"
+    );
+    // An uncaught exception answers 500 and says what happened.
+    let boom = get(&host.addr, "/boom").await.unwrap();
+    assert_eq!(boom.status, 500, "{}", boom.body);
+    assert!(boom.body.contains("kaboom in one"), "{}", boom.body);
+
+    // A save rebuilds and swaps.
+    write_script(&app, "two");
+    wait_for_body(&host.addr, "/", "two", Duration::from_secs(180)).await;
+    host.wait_log("rebuilt", Duration::from_secs(5));
+
+    // A syntax error: the build fails, the error shows once with the
+    // source's file:line, and the running version keeps answering.
+    std::fs::write(
+        app.join("src/app.js"),
+        "addEventListener(\"fetch\", (event) => {\n",
+    )
+    .unwrap();
+    host.wait_log("failed; its messages are above", Duration::from_secs(180));
+    let located = host.log_lines(&["src/app.js:2"]);
+    assert_eq!(located.len(), 1, "{}", host.log_text());
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, "two\n");
+
+    // Fixing it goes live again.
+    write_script(&app, "three");
+    wait_for_body(&host.addr, "/", "three", Duration::from_secs(180)).await;
+    host.wait_log_where(Duration::from_secs(5), |l| {
+        l.contains("version live") && l.contains("generation=3")
+    });
+    // The build went into the app's hidden folder, not beside its sources.
+    assert!(app.join(".wasm-host/save-app.wasm").is_file());
 }

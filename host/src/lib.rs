@@ -15,7 +15,8 @@
 //!   listeners and their triggers;
 //! - [`cli`]: the command line and `serve`, which puts it all together.
 //!
-//! Beside them, used from above and never reaching up: [`kv`] (state),
+//! Beside them, used from above and never reaching up: [`build`] (building
+//! a component from Rust or JavaScript source), [`kv`] (state),
 //! [`realtime`] (channels and the protocol of held connections), [`oci`]
 //! (the registry client) and [`ops`] (metrics and logs).
 //!
@@ -23,6 +24,7 @@
 //! `trigger → app → version → engine`.
 
 pub mod app;
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod control;

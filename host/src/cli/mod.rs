@@ -937,7 +937,9 @@ fn init_logging(format: LogFormat) {
     let mut filter = asked
         .as_deref()
         .and_then(|text| EnvFilter::try_new(text).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        // The file watcher's crate logs at info when a watched folder goes
+        // away under it (a build's scratch folder), which is no news.
+        .unwrap_or_else(|| EnvFilter::new("info,notify=warn"));
     // Access lines are only made when the access log was asked for, so they
     // pass at info whatever the level, unless WASM_HOST_LOG names them.
     if !asked.as_deref().is_some_and(|a| a.contains(ACCESS_TARGET))

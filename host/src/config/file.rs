@@ -18,13 +18,13 @@ use toml::Spanned;
 
 use crate::app::AppSettings;
 use crate::app::limits::Limits;
+use crate::build::Source;
 use crate::config::{
     AppConfig, DEFAULT_LISTEN, DEFAULT_TIER_UP_ABOVE, ServeConfig, absolute_tls,
     check_component_file, check_watch_tag, default_cache_dir, parse_duration, parse_host_port,
     parse_size,
 };
 use crate::control::socket::default_control_path;
-use crate::control::source::SourceCrate;
 use crate::hosting::routes::Route;
 use crate::hosting::tls::TlsFiles;
 use crate::kv::{KvSettings, StoreChoice, check_bucket_name, default_data_dir};
@@ -291,9 +291,9 @@ fn app_config(
     };
     let source = if Reference::is_oci(app.component.get_ref()) {
         None
-    } else if component.is_dir() {
+    } else if Source::is_source(&component) {
         problems.check(&app.component, |_| {
-            SourceCrate::open(&component).map_err(|e| format!("{e:#}"))
+            Source::open(&component, &super::js_toolchains()).map_err(|e| format!("{e:#}"))
         })
     } else {
         problems.check(&app.component, |_| {

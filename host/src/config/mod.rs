@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::app::AppSettings;
 use crate::app::limits::Limits;
+use crate::build::Source;
 use crate::control::socket::default_control_path;
-use crate::control::source::SourceCrate;
 use crate::hosting::connection::ConnectionLimits;
 use crate::hosting::routes::Route;
 use crate::hosting::tls::TlsFiles;
@@ -64,7 +64,7 @@ pub struct AppConfig {
     pub watch: bool,
     /// The crate the component is built from, when serving a directory;
     /// `settings.path` is then filled in by its first build.
-    pub source: Option<SourceCrate>,
+    pub source: Option<Source>,
     /// The registry reference the component is pulled from, when it is one;
     /// `settings.path` is then the pulled file.
     pub oci: Option<Reference>,
@@ -167,8 +167,8 @@ impl ServeConfig {
         };
         let source = if oci.is_some() {
             None
-        } else if path.is_dir() {
-            Some(SourceCrate::open(&path)?)
+        } else if Source::is_source(&path) {
+            Some(Source::open(&path, &js_toolchains())?)
         } else {
             check_component_file(&path)?;
             None
@@ -322,6 +322,13 @@ pub fn default_cache_dir() -> PathBuf {
     }
     let uid = crate::control::socket::own_uid();
     PathBuf::from(format!("/tmp/wasm-host-cache-{uid}"))
+}
+
+/// Where the JavaScript toolchain is installed: beside the code cache's
+/// default place, not in `--cache-dir`, so every host of the user shares one
+/// install whatever cache it was given.
+pub fn js_toolchains() -> PathBuf {
+    default_cache_dir().join("js-toolchain")
 }
 
 /// Where per-app log files go when `--log-dir` is not given:

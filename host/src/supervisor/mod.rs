@@ -384,9 +384,12 @@ impl Supervisor {
         let stop = CancellationToken::new();
         let triggers = (|| -> Result<()> {
             match (&config.source, config.watch) {
-                (Some(crate_dir), true) => {
-                    source::spawn(app.clone(), crate_dir.clone(), &settings.path, stop.clone())?
-                }
+                (Some(source_dir), true) => source::spawn(
+                    app.clone(),
+                    source_dir.clone(),
+                    &settings.path,
+                    stop.clone(),
+                )?,
                 (None, true) => watch::spawn(app.clone(), stop.clone())?,
                 (_, false) => {}
             }
