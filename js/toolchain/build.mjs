@@ -31,6 +31,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { bundleMapper } from "./sourcemap.mjs";
 import { generateWorld, relabelWit } from "./world.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -259,7 +260,14 @@ try {
     runtimeArgs: args["runtime-args"],
   }));
 } catch (err) {
-  fail(`componentize-js could not build the component:\n${String(err.message ?? err).trimEnd()}`);
+  // Name the app's files, not the bundle's lines.
+  const text = bundleMapper(map, "bundle.js")(String(err.message ?? err).trimEnd());
+  fail(
+    `componentize-js could not build the component:\n${text}`,
+    ...(/top-level/.test(text)
+      ? ["the app's top-level code runs at build time (it is snapshotted), where env, config, kv and info are unavailable: use them in handlers and hooks"]
+      : []),
+  );
 }
 const componentized = performance.now();
 
