@@ -19,8 +19,9 @@ export type Handler =
 /**
  * Serves requests with `handler`. Call it once, at the top level of the
  * entry module. A handler that throws, or whose promise rejects, gets a 500
- * answer whose body holds the error's message and stack; the error is also
- * logged (the host's per-app log).
+ * answer whose body holds the error's name, message and the app's
+ * `file:line:col` it came from; the error is also logged with its whole
+ * stack (the host's per-app log), in the app's files, not the bundle's.
  */
 export function serve(handler: Handler): void;
 

@@ -7,7 +7,15 @@ const EVENT_KEY = Symbol.for("wasm-host.fetch-event");
 // there is at most one.
 let current = null;
 
+// The toolchain's prelude formats errors with stack traces in the app's
+// files (not the bundle's lines); this is the fallback without it.
+const ERRORS_KEY = Symbol.for("wasm-host.errors");
+
 function describe(err) {
+  const own = globalThis[ERRORS_KEY];
+  if (own) {
+    return own.describe(err);
+  }
   if (err instanceof Error) {
     const head = `${err.name}: ${err.message}`;
     return err.stack ? `${head}\n${err.stack.trimEnd()}` : head;
@@ -15,10 +23,19 @@ function describe(err) {
   return String(err);
 }
 
+// The 500 answer says what happened and where in the app, not the whole
+// stack (that goes to the log).
+function summary(err) {
+  const own = globalThis[ERRORS_KEY];
+  if (own) {
+    return own.summary(err);
+  }
+  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}
+
 function errorResponse(err) {
-  const text = describe(err);
-  console.error(`uncaught error in the request handler: ${text}`);
-  return new Response(`500 Internal Server Error\n\n${text}\n`, {
+  console.error(`uncaught error in the request handler: ${describe(err)}`);
+  return new Response(`500 Internal Server Error\n\n${summary(err)}\n`, {
     status: 500,
     headers: { "content-type": "text/plain; charset=utf-8" },
   });

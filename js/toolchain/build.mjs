@@ -22,16 +22,18 @@
 // and wasm-host:app interface the bundle imports, plus the
 // wasm-host:app/lifecycle export when the entry module exports `lifecycle`.
 // Errors are printed with file:line:column; the last line says the build
-// failed, and the exit status is 1.
+// failed, and the exit status is 1. At run time, stack traces name the app's
+// files too: the bundle ends with a table from its source map, which the
+// prelude reads (see prelude.js).
 import { build } from "esbuild";
 import { componentize } from "@bytecodealliance/componentize-js";
 import { _setPreopens } from "@bytecodealliance/preview2-shim/filesystem";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
-import { dirname, join, relative, resolve, sep } from "node:path";
+import { appendFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { bundleMapper } from "./sourcemap.mjs";
+import { bundleMapper, stackTable } from "./sourcemap.mjs";
 import { generateWorld, relabelWit } from "./world.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -240,9 +242,36 @@ await writeFile(join(witDir, "world.wit"), world.text);
 
 // --- 3. The source map, named from the app's folder ----------------------------
 const map = JSON.parse(await readFile(`${bundle}.map`, "utf8"));
-map.sources = map.sources.map((source) => relative(appDir, resolve(workDir, source)).split(sep).join("/"));
+const absoluteSources = map.sources.map((source) => resolve(workDir, source));
+const posix = (path) => path.split(sep).join("/");
+const inside = (dir, path) => {
+  const rel = relative(dir, path);
+  return rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+};
+map.sources = absoluteSources.map((path) => posix(relative(appDir, path)));
 delete map.sourceRoot;
 delete map.sourcesContent;
+
+// Runtime stack traces: the prelude maps "bundle.js:L:C" with a table the
+// bundle's last statement defines (appended, so no line before it moves).
+// Its names: the app's files relative to the app folder (node_modules
+// included), the SDK as wasm-host/sdk/FILE, the toolchain's as
+// wasm-host/FILE. `app` lists the app's own files (not node_modules), whose
+// topmost frame the 500 answer names.
+const appSources = [];
+const stackSources = absoluteSources.map((path, i) => {
+  if (inside(sdkDir, path)) return `wasm-host/sdk/${posix(relative(sdkDir, path))}`;
+  if (inside(here, path)) return `wasm-host/${posix(relative(here, path))}`;
+  if (inside(workDir, path)) return `wasm-host/${posix(relative(workDir, path))}`;
+  const name = posix(relative(appDir, path));
+  if (inside(appDir, path) && !name.split("/").includes("node_modules")) appSources.push(i);
+  return name;
+});
+const table = { sources: stackSources, app: appSources, lines: stackTable(map) };
+await appendFile(
+  bundle,
+  `\nObject.defineProperty(globalThis, Symbol.for("wasm-host.stack-table"), { value: ${JSON.stringify(table)} });\n`,
+);
 
 // --- 4. Componentize -----------------------------------------------------------
 // componentize-js reads the WIT with a splicer component run on Node through

@@ -10,7 +10,7 @@
 //   GET  /count         increments the kv counter `count`, answers its value
 //   GET  /drained       the kv keys drained_gen_N the drain hook wrote
 //   GET  /config/:key   a wasi:config value (--config-var KEY=VALUE)
-//   GET  /boom          throws: the SDK answers 500 with the message and stack
+//   GET  /boom          throws: the SDK answers 500 with the message and line
 //
 // The version is $APP_VERSION (wasm-host serve --env APP_VERSION=2.0.0),
 // read per request, else package.json's version (the build defines
@@ -78,7 +78,7 @@ app.get("/boom", () => {
 
 app.notFound((c) => c.text(`no route for ${c.req.method} ${c.req.path}\n`, 404));
 // Hono catches handler errors; hand them on so the SDK answers 500 with the
-// message and stack and logs them.
+// message and the line it came from, and logs the stack.
 app.onError((err) => {
   throw err;
 });
