@@ -224,6 +224,10 @@ async fn serve_dir_builds_a_javascript_app_and_a_save_goes_live() {
     let boom = get(&host.addr, "/boom").await.unwrap();
     assert_eq!(boom.status, 500, "{}", boom.body);
     assert!(boom.body.contains("kaboom in one"), "{}", boom.body);
+    // Its location is the source's, not the bundle's, in the answer and the
+    // log.
+    assert!(boom.body.contains("at src/app.js:4:"), "{}", boom.body);
+    host.wait_log("@src/app.js:4:", Duration::from_secs(5));
 
     // A save rebuilds and swaps.
     write_script(&app, "two");
@@ -250,4 +254,114 @@ async fn serve_dir_builds_a_javascript_app_and_a_save_goes_live() {
     });
     // The build went into the app's hidden folder, not beside its sources.
     assert!(app.join(".wasm-host/save-app.wasm").is_file());
+}
+
+/// A copy of examples/js-app in `dir` with its npm dependencies installed
+/// (Hono, from npm's cache after the first run).
+fn js_app_copy(dir: &std::path::Path) -> PathBuf {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/js-app");
+    let app = dir.join("js-app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    for file in ["package.json", "package-lock.json", "src/index.js"] {
+        std::fs::copy(example.join(file), app.join(file)).expect("copy examples/js-app");
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+        .current_dir(&app)
+        .output()
+        .expect("npm runs");
+    assert!(
+        out.status.success(),
+        "npm ci in a copy of examples/js-app failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app
+}
+
+fn write_shop_config(
+    file: &std::path::Path,
+    listen: &str,
+    app: &std::path::Path,
+    refuse: &str,
+    greeting: &str,
+) {
+    std::fs::write(
+        file,
+        format!(
+            "listen = {listen:?}\nwatch_config = false\n\n[app.shop]\ncomponent = {:?}\nkeyvalue = \"memory\"\n\n[app.shop.config]\nrefuse = {refuse:?}\ngreeting = {greeting:?}\n",
+            app.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_sdk_serves_keyvalue_config_hooks_and_work_after_the_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = js_app_copy(dir.path());
+    let file = dir.path().join("wasm-host.toml");
+    let listen = support::free_addr();
+    write_shop_config(&file, &listen, &app, "no", "hi");
+    // The config file's own changes are applied by `reload --config` here.
+    let host = Host::start_config(&file, &[]);
+
+    let hello = get(&host.addr, "/").await.unwrap();
+    assert_eq!(hello.body, "hello from js-app 1.0.0 (generation 1)\n");
+    // Key-value state outlives each (fresh) instance.
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "2\n");
+    // wasi:config values from the config file.
+    assert_eq!(
+        get(&host.addr, "/config/greeting").await.unwrap().body,
+        "hi\n"
+    );
+    assert_eq!(get(&host.addr, "/config/nope").await.unwrap().status, 404);
+    // Work after the response (`waitUntil`) runs to the end.
+    let accepted = get(&host.addr, "/work?ms=200").await.unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    wait_for_body(&host.addr, "/jobs", "1 jobs done", Duration::from_secs(10)).await;
+    host.wait_log("job done: 200 ms", Duration::from_secs(5));
+    // An uncaught error answers 500 saying what it was.
+    let boom = get(&host.addr, "/boom").await.unwrap();
+    assert_eq!(boom.status, 500);
+    assert!(
+        boom.body.contains("boom: this route always fails"),
+        "{}",
+        boom.body
+    );
+
+    // The init hook refuses a version: the reload says why, generation 1
+    // keeps serving.
+    write_shop_config(&file, &listen, &app, "yes", "hi");
+    let refused = host.ctl(&["reload", "--config"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("refuse=yes"), "{said}");
+    assert_eq!(get(&host.addr, "/").await.unwrap().body, hello.body);
+
+    // Accepted with new settings: the new generation goes live, the old one
+    // ran its drain hook (which wrote to the shared bucket), the counter
+    // carried on.
+    write_shop_config(&file, &listen, &app, "no", "hello");
+    host.ctl_ok(&["reload", "--config"]);
+    wait_for_body(
+        &host.addr,
+        "/config/greeting",
+        "hello",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_body(
+        &host.addr,
+        "/drained",
+        "drained_gen_1 ",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "3\n");
+    host.wait_log("init: js-app 1.0.0 generation", Duration::from_secs(5));
 }

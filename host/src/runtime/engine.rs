@@ -31,6 +31,7 @@ use crate::ops::metrics::PoolView;
 use crate::runtime::code_cache::CodeCache;
 use crate::runtime::cpu::{self, Urgency};
 use crate::runtime::digest::Digest;
+use crate::runtime::incremental::IncrementalCache;
 use crate::runtime::state::HostState;
 use crate::runtime::world::{Linked, World};
 
@@ -140,10 +141,25 @@ impl Runtime {
         };
         // Two engines per tier, one per world.
         let budget = FREED_MEMORY_BUDGET / (tiers * 2);
+        // Cranelift's per-function cache, beside the code cache; one for
+        // both worlds (its keys cover everything that changes the code).
+        let incremental = match &settings.cache_dir {
+            Some(dir) => match IncrementalCache::open(&dir.join("functions")) {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot use the per-function compile cache ({e}); compiling without it");
+                    None
+                }
+            },
+            None => None,
+        };
         let both = |strategy| -> Result<Worlds<Tier>> {
+            let incremental = incremental
+                .clone()
+                .filter(|_| strategy == Strategy::Cranelift);
             Ok(Worlds {
-                p2: Tier::new(settings, strategy, budget, World::P2)?,
-                p3: Tier::new(settings, strategy, budget, World::P3)?,
+                p2: Tier::new(settings, strategy, budget, World::P2, incremental.clone())?,
+                p3: Tier::new(settings, strategy, budget, World::P3, incremental)?,
             })
         };
         let optimized = both(Strategy::Cranelift)?;
@@ -229,6 +245,9 @@ pub struct Tier {
     linker: Arc<Linker<HostState>>,
     baseline: bool,
     world: World,
+    /// Cranelift's per-function cache, for the optimized tier with a
+    /// cache folder.
+    incremental: Option<Arc<IncrementalCache>>,
 }
 
 /// Most memory one engine's pool may hold on the host's behalf after
@@ -278,6 +297,7 @@ impl Tier {
         strategy: Strategy,
         budget: usize,
         world: World,
+        incremental: Option<Arc<IncrementalCache>>,
     ) -> Result<Self> {
         let batch = decommit_batch_size(settings.max_memory, budget, decommit_queues());
         tracing::debug!(batch, budget, "decommit batch of the instance pool");
@@ -309,6 +329,12 @@ impl Tier {
             .wasm_component_model_async(world == World::P3)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(cache) = &incremental {
+            config
+                .enable_incremental_compilation(cache.clone())
+                .map_err(anyhow::Error::from)
+                .context("failed to turn on the per-function compile cache")?;
+        }
         if matches!(strategy, Strategy::Winch) {
             // Winch still leaves the trampolines to Cranelift; this tier is
             // about compiling soon, so skip optimizing them too.
@@ -359,6 +385,7 @@ impl Tier {
             linker: Arc::new(linker),
             baseline: matches!(strategy, Strategy::Winch),
             world,
+            incremental,
         })
     }
 
@@ -378,12 +405,22 @@ impl Tier {
         if urgency == Urgency::Background {
             cpu::yield_to_requests(&cpu::COMPILE_BACKGROUND);
         }
-        match cpu::compile_pool(urgency) {
+        let compiled = match cpu::compile_pool(urgency) {
             // wasmtime's parallel compilation runs in whichever rayon pool
             // the call is installed in.
             Some(pool) => pool.install(|| Component::new(&self.engine, bytes)),
             None => Component::new(&self.engine, bytes),
+        };
+        if let Some(cache) = &self.incremental {
+            // Shared by concurrent compiles, so a rough count when two run.
+            let (hits, misses) = cache.take_counts();
+            tracing::debug!(
+                hits,
+                misses,
+                "functions from the per-function compile cache"
+            );
         }
+        compiled
     }
 
     /// This tier's engine.

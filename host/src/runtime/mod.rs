@@ -17,6 +17,7 @@ pub mod digest;
 pub mod engine;
 pub mod guest_log;
 pub mod http;
+pub mod incremental;
 pub mod lifecycle;
 pub mod outgoing;
 pub mod p2;
