@@ -101,13 +101,14 @@ pub enum ReloadError {
         /// What the OS said.
         reason: String,
     },
-    /// The new version failed a check.
-    #[error("{path}: {source}")]
+    /// The new version failed a check. The check is part of the message,
+    /// not a chained source, so `{:#}` does not print it twice.
+    #[error("{path}: {check}")]
     Refused {
         /// The file.
         path: PathBuf,
         /// The failed check.
-        source: LoadError,
+        check: LoadError,
     },
     /// The host is shutting down and takes no more reloads.
     #[error("the host is shutting down")]
@@ -129,12 +130,12 @@ pub enum ReloadError {
     )]
     NoPrevious,
     /// The previous version failed its readiness check again.
-    #[error("the previous version (generation {generation}) could not be brought back: {source}")]
+    #[error("the previous version (generation {generation}) could not be brought back: {check}")]
     Revive {
         /// The generation that was to come back.
         generation: u64,
         /// Why it could not.
-        source: LoadError,
+        check: LoadError,
     },
     /// The canary's settings are wrong.
     #[error("{0}")]

@@ -238,9 +238,9 @@ impl App {
         let revived = previous
             .revive(generation)
             .await
-            .map_err(|source| ReloadError::Revive {
+            .map_err(|check| ReloadError::Revive {
                 generation: previous.generation(),
-                source,
+                check,
             })?;
         self.generations.store(generation, Ordering::SeqCst);
         // What runs again came from the previous version's file, so that is
@@ -438,9 +438,9 @@ pub(super) async fn load_version(
             );
             Ok(version)
         }
-        Err(source) => Err(ReloadError::Refused {
+        Err(check) => Err(ReloadError::Refused {
             path: path.to_path_buf(),
-            source,
+            check,
         }),
     }
 }
