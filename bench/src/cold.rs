@@ -85,7 +85,7 @@ impl Subject {
 /// custom section may come anywhere in a component and means nothing to
 /// the runtime; it only changes the bytes, so the digest the host's code
 /// caches use.
-fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+pub fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
     let mut contents = leb128(name.len() as u64);
     contents.extend_from_slice(name.as_bytes());
     contents.extend_from_slice(payload);
@@ -204,7 +204,7 @@ fn trial(
         let optimized = outcome
             .as_ref()
             .ok()
-            .and_then(|_| wait_optimized(server, sent + tier_up_limit));
+            .and_then(|_| server.optimized_by(sent + tier_up_limit));
         std::thread::sleep(rest);
         stop.store(true, Ordering::Relaxed);
         let result = loader
@@ -230,19 +230,6 @@ fn trial(
         optimizing_p99_ms: optimized.map(|at| p99(done, at)),
         errors: result.errors,
     })
-}
-
-/// Polls the host until its live version runs optimized code, or `until`.
-fn wait_optimized(server: &Server, until: Instant) -> Option<Instant> {
-    while Instant::now() < until {
-        let status = server.status().ok()?;
-        let live = status.versions.iter().find(|v| v.state == "live")?;
-        if live.tier == "optimized" {
-            return Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// Median wall time of `wasmtime compile` with `compiler` over

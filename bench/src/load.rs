@@ -21,6 +21,13 @@ use tokio::net::TcpStream;
 /// Width of one timeline bucket.
 pub const BUCKET: Duration = Duration::from_millis(100);
 
+/// A request with no answer within this counts as failed, and its
+/// connection is dropped. A server can take a request and never answer:
+/// Node's cluster primary, during a `pm2 reload`, sometimes accepts a
+/// connection and never hands it to a worker. Without a limit such a
+/// request would hold the load run open forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What load to send.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
@@ -149,7 +156,9 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<LoadResult> {
             };
             while Instant::now() < deadline && !stopped() {
                 let asked = Instant::now();
-                let outcome = one_request(&spec, &mut conn).await;
+                let outcome = tokio::time::timeout(REQUEST_TIMEOUT, one_request(&spec, &mut conn))
+                    .await
+                    .unwrap_or(Err(()));
                 let done = Instant::now();
                 let bucket =
                     (done.duration_since(started).as_millis() / BUCKET.as_millis()) as usize;

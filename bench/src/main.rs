@@ -11,16 +11,21 @@
 //! components (Rust, componentize-js and componentize-py ones) under load
 //! against Winch's own compile time; resident memory after 1 and after many
 //! reloads; the host's own binary upgrade against a restart, under
-//! load; and WebSocket messages/s and what a reload costs connected
-//! clients, on the chat example against Node `ws` under PM2. The report opens with the targets and whether each was
-//! met in this run.
+//! load; WebSocket messages/s and what a reload costs connected clients,
+//! on the chat example against Node `ws` under PM2; and a JavaScript app
+//! (examples/js-app, built by the host) against the same app on Express
+//! under PM2: req/s, CPU per request, a new build's first answer under
+//! load, and resident memory. The report opens with the targets
+//! and whether each was met in this run.
 
 mod cold;
 mod guests;
+mod javascript;
 mod load;
 mod native;
 mod p3;
 mod pm2;
+mod procfs;
 mod realtime;
 mod report;
 mod servers;
@@ -72,6 +77,9 @@ struct Cli {
     /// Length of the realtime reload run (longer if the reloads take long).
     #[arg(long, default_value = "10s", value_parser = wasm_host::config::parse_duration)]
     ws_reload_run: Duration,
+    /// Reloads of each server in the JavaScript section.
+    #[arg(long, default_value_t = 6)]
+    js_reloads: usize,
     /// Run only these sections (repeatable) [default: all].
     #[arg(long, value_enum)]
     only: Vec<Section>,
@@ -104,6 +112,10 @@ enum Section {
     /// WebSocket messages/s and the cost of a reload to connected clients,
     /// on the chat example against Node `ws` under PM2 cluster mode.
     Realtime,
+    /// examples/js-app on wasm-host against the same app on Express under
+    /// PM2 cluster mode: req/s, CPU per request, a new build's first answer
+    /// under load, resident memory.
+    Javascript,
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +239,16 @@ fn main() -> Result<()> {
             run: cli.ws_reload_run,
         };
         report.realtime(realtime::measure(&options, &tools, &repo, &chat)?);
+    }
+
+    if wanted(Section::Javascript) {
+        let options = javascript::Options {
+            duration: cli.duration,
+            connections: cli.connections,
+            rounds: cli.rounds,
+            reloads: cli.js_reloads,
+        };
+        report.javascript(javascript::measure(&options, &tools, &repo)?);
     }
 
     std::fs::create_dir_all(&cli.out)?;

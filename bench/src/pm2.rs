@@ -1,5 +1,6 @@
-//! The Node peer of the chat example (`bench/node-chat/`): a `ws` server
-//! that PM2 runs in cluster mode, two workers on one port.
+//! The Node peers: a server that PM2 runs in cluster mode, two workers on
+//! one port. `bench/node-chat/` (a `ws` server) is the chat example's peer,
+//! `bench/node-express/` (an Express app) the JavaScript app's.
 //!
 //! PM2 keeps a daemon and its state in `PM2_HOME`; every command here runs
 //! with a private one in the benchmark's scratch folder, so a user's own
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::procfs;
+
 /// The longest any one `npm` or `pm2` command may take. `pm2 reload` of
 /// two workers takes a few seconds here; a stuck one must not hang the
 /// benchmark.
@@ -24,6 +27,8 @@ pub struct Pm2Cluster {
     dir: PathBuf,
     pm2: PathBuf,
     home: PathBuf,
+    /// What `GET /` answers with, up to the build number.
+    answer: String,
     /// Where the workers listen.
     pub addr: SocketAddr,
 }
@@ -32,26 +37,37 @@ pub struct Pm2Cluster {
 pub struct Versions {
     /// `node --version`.
     pub node: String,
-    /// The installed `ws` package.
-    pub ws: String,
     /// The installed `pm2` package.
     pub pm2: String,
+    /// The peer's own packages (`ws`, `express`), each with its version.
+    pub packages: Vec<(String, String)>,
+}
+
+impl Versions {
+    /// The installed version of the peer's package `name`.
+    pub fn package(&self, name: &str) -> &str {
+        self.packages
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("?", |(_, v)| v.as_str())
+    }
 }
 
 /// Installs the peer's packages into `dir/node_modules` with `npm ci` (the
-/// versions pinned in its lock file) unless they are there already, and
-/// returns what it runs.
-pub fn prepare(dir: &Path) -> Result<Versions> {
+/// versions pinned in its lock file) unless `pm2` and `packages` are there
+/// already, and returns what it runs.
+pub fn prepare(dir: &Path, packages: &[&str]) -> Result<Versions> {
     let node = output(Command::new("node").arg("--version"))
         .context("node is not installed (apt-get install nodejs npm)")?;
-    if !dir.join("node_modules/.bin/pm2").is_file() || !dir.join("node_modules/ws").is_dir() {
+    let modules = dir.join("node_modules");
+    if !modules.join(".bin/pm2").is_file() || packages.iter().any(|p| !modules.join(p).is_dir()) {
         println!(
             "installing the Node peer's packages (npm ci in {})",
             dir.display()
         );
         let mut ci = Command::new("npm");
         ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
-        run(&mut ci).context("npm ci for bench/node-chat failed")?;
+        run(&mut ci).with_context(|| format!("npm ci in {} failed", dir.display()))?;
     }
     let version = |package: &str| -> Result<String> {
         output(
@@ -63,21 +79,31 @@ pub fn prepare(dir: &Path) -> Result<Versions> {
     };
     Ok(Versions {
         node,
-        ws: version("ws")?,
         pm2: version("pm2")?,
+        packages: packages
+            .iter()
+            .map(|p| Ok((p.to_string(), version(p)?)))
+            .collect::<Result<_>>()?,
     })
 }
 
 impl Pm2Cluster {
     /// Starts the cluster from `dir/ecosystem.config.js` on `addr` with
     /// `BUILD=build`, PM2's state in `home`, and waits until it answers
-    /// with that build.
-    pub fn start(dir: &Path, home: &Path, addr: SocketAddr, build: u64) -> Result<Self> {
+    /// with that build: a body starting `{answer}{build} `.
+    pub fn start(
+        dir: &Path,
+        home: &Path,
+        addr: SocketAddr,
+        build: u64,
+        answer: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(home)?;
         let cluster = Self {
             dir: dir.to_path_buf(),
             pm2: dir.join("node_modules/.bin/pm2"),
             home: home.to_path_buf(),
+            answer: answer.to_string(),
             addr,
         };
         // Built before the start, so a failed start still kills the
@@ -106,12 +132,31 @@ impl Pm2Cluster {
         cmd
     }
 
+    /// Whether `body` is an answer of build `build`.
+    pub fn is_build(&self, body: &str, build: u64) -> bool {
+        body.strip_prefix(&self.answer)
+            .and_then(|rest| rest.strip_prefix(&build.to_string()))
+            .is_some_and(|rest| rest.starts_with(' '))
+    }
+
+    /// The daemon and its workers (every process below the daemon).
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        let file = self.home.join("pm2.pid");
+        let daemon: u32 = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{} holds no pid", file.display()))?;
+        let mut pids = vec![daemon];
+        pids.extend(procfs::descendants(daemon)?);
+        Ok(pids)
+    }
+
     /// Polls `GET /` until a worker answers with `build`.
     fn wait_for_build(&self, build: u64, timeout: Duration) -> Result<()> {
-        let want = format!("chat gen{build} ");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if get_root(self.addr).is_ok_and(|body| body.starts_with(&want)) {
+            if get_root(self.addr).is_ok_and(|body| self.is_build(&body, build)) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -135,8 +180,8 @@ impl Drop for Pm2Cluster {
     }
 }
 
-/// The body of `GET /` on `addr`.
-fn get_root(addr: SocketAddr) -> Result<String> {
+/// The body of `GET /` on `addr` (one request on a new connection).
+pub fn get_root(addr: SocketAddr) -> Result<String> {
     use std::io::Write;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -151,7 +196,7 @@ fn get_root(addr: SocketAddr) -> Result<String> {
 
 /// Runs `cmd` to completion within [`COMMAND_TIMEOUT`], its output kept
 /// out of the benchmark's (and shown only if it fails).
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let log = unlinked_file()?;
     let mut child = cmd
         .stdin(Stdio::null())

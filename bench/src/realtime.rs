@@ -35,6 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::pm2::{self, Pm2Cluster};
+use crate::report::ratio_lines;
 use crate::servers::{self, Kind, Server, Tools};
 
 /// Reloads during the reload run.
@@ -160,7 +161,7 @@ impl<'a> Peer<'a> {
         let path = tools.scratch.join("chat-rt1.wasm");
         std::fs::write(&path, restamp(chat, 1)?)?;
         let server = Server::start(&Kind::WasmHost(Vec::new()), tools, &path)?;
-        wait_optimized(&server)?;
+        server.wait_optimized(Duration::from_secs(60))?;
         Ok(Peer::Host {
             server,
             tools,
@@ -171,7 +172,7 @@ impl<'a> Peer<'a> {
     /// The PM2 cluster at build 1, its state in the scratch folder.
     fn node(tools: &Tools, dir: &Path) -> Result<Self> {
         let home = tools.scratch.join("pm2");
-        let cluster = Pm2Cluster::start(dir, &home, servers::free_addr()?, 1)?;
+        let cluster = Pm2Cluster::start(dir, &home, servers::free_addr()?, 1, "chat gen")?;
         Ok(Peer::Node(cluster))
     }
 
@@ -205,34 +206,19 @@ fn restamp(chat: &[u8], build: u64) -> Result<Vec<u8>> {
     stamp::restamp(chat, &format!("rt{build}")).context("chat.wasm carries no version stamp")
 }
 
-/// Waits (at most a minute) until the live version runs optimized code,
-/// so a throughput run does not measure the baseline compiler.
-fn wait_optimized(server: &Server) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = server.status()?;
-        if status
-            .versions
-            .first()
-            .is_some_and(|v| v.tier != "baseline")
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("chat.wasm was still on baseline code after a minute");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Measures both sections; the Node side is skipped (with a note) when
 /// Node or its packages cannot be had.
 pub fn measure(opts: &Options, tools: &Tools, repo: &Path, chat: &[u8]) -> Result<Realtime> {
     let node_dir = repo.join("bench/node-chat");
     let mut notes = Vec::new();
-    let versions = match pm2::prepare(&node_dir) {
+    let versions = match pm2::prepare(&node_dir, &["ws"]) {
         Ok(v) => {
-            println!("node peer: node {}, ws {}, pm2 {}", v.node, v.ws, v.pm2);
+            println!(
+                "node peer: node {}, ws {}, pm2 {}",
+                v.node,
+                v.package("ws"),
+                v.pm2
+            );
             Some(v)
         }
         Err(e) => {
@@ -769,16 +755,9 @@ async fn steady_client(
 }
 
 /// Milliseconds of `d`, or `none`.
-fn ms(d: Option<Duration>) -> String {
+pub(crate) fn ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0))
         .unwrap_or_else(|| "none".into())
-}
-
-/// The median of `values`, if any.
-fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
 }
 
 impl Realtime {
@@ -796,7 +775,9 @@ impl Realtime {
         let peer = match &self.versions {
             Some(v) => format!(
                 "Node {} with `ws` {} in `pm2` {} cluster mode, 2 workers (bench/node-chat)",
-                v.node, v.ws, v.pm2
+                v.node,
+                v.package("ws"),
+                v.pm2
             ),
             None => "no Node peer (see the note)".into(),
         };
@@ -835,21 +816,11 @@ impl Realtime {
                     .map(|(h, n)| f(h) / f(n).max(1e-9))
                     .collect()
             };
-            for (what, rounds) in [
+            let measures = [
                 ("messages/s", ratios(|r| r.per_s)),
                 ("p99", ratios(|r| r.p99)),
-            ] {
-                if let Some(mid) = median(rounds.iter().copied()) {
-                    let low = rounds.iter().copied().fold(f64::INFINITY, f64::min);
-                    let high = rounds.iter().copied().fold(0.0, f64::max);
-                    writeln!(
-                        md,
-                        "- {what}, {ours} / {peer}: **{mid:.2}×** (median of {} rounds; lowest {low:.2}×, highest {high:.2}×)",
-                        rounds.len()
-                    )?;
-                }
-            }
-            writeln!(md)?;
+            ];
+            ratio_lines(md, ours, peer, &measures)?;
         }
         if !self.reloads.is_empty() {
             writeln!(

@@ -154,6 +154,7 @@ pub struct Report {
     keyvalue: Vec<KvRun>,
     upgrade: Vec<crate::upgrade::Change>,
     realtime: Option<crate::realtime::Realtime>,
+    javascript: Option<crate::javascript::Javascript>,
 }
 
 /// Increments through the `counter` example on one key-value backend.
@@ -198,6 +199,7 @@ impl Report {
             keyvalue: Vec::new(),
             upgrade: Vec::new(),
             realtime: None,
+            javascript: None,
             cold: Vec::new(),
         }
     }
@@ -269,6 +271,11 @@ impl Report {
     /// Records the WebSocket section.
     pub fn realtime(&mut self, realtime: crate::realtime::Realtime) {
         self.realtime = Some(realtime);
+    }
+
+    /// Records the JavaScript section.
+    pub fn javascript(&mut self, javascript: crate::javascript::Javascript) {
+        self.javascript = Some(javascript);
     }
 
     /// Records the memory readings.
@@ -434,6 +441,9 @@ impl Report {
         if let Some(realtime) = &self.realtime {
             realtime.write(&mut md)?;
         }
+        if let Some(javascript) = &self.javascript {
+            javascript.write(&mut md)?;
+        }
         for note in &self.notes {
             writeln!(md, "> {note}\n")?;
         }
@@ -450,10 +460,33 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 /// The median of `values`, if any.
-fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.into_iter().collect();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
+}
+
+/// One line per measure: the median over the rounds of `ours` over
+/// `peer`, with the lowest and highest round.
+pub(crate) fn ratio_lines(
+    md: &mut String,
+    ours: &str,
+    peer: &str,
+    measures: &[(&str, Vec<f64>)],
+) -> Result<()> {
+    for (what, rounds) in measures {
+        if let Some(mid) = median(rounds.iter().copied()) {
+            let low = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = rounds.iter().copied().fold(0.0, f64::max);
+            writeln!(
+                md,
+                "- {what}, {ours} / {peer}: **{mid:.2}×** (median of {} rounds; lowest {low:.2}×, highest {high:.2}×)",
+                rounds.len()
+            )?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
 }
 
 /// Writes the cold-reload section: the components side by side, then for

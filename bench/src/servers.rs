@@ -28,6 +28,9 @@ pub const WASMTIME_TUNED: &[&str] = &[
 pub enum Kind {
     /// `wasm-host serve`, with extra flags.
     WasmHost(Vec<String>),
+    /// `wasm-host serve DIR` of an app's sources, with extra flags: the
+    /// host builds the app, serves it, and rebuilds it on every save.
+    WasmHostApp(Vec<String>),
     /// `wasmtime serve -Scli`, with extra flags.
     Wasmtime(Vec<String>),
     /// The native hyper hello server.
@@ -57,6 +60,13 @@ pub struct Tools {
     pub scratch: PathBuf,
 }
 
+impl Tools {
+    /// The on-disk code cache every `wasm-host` server of the run uses.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.scratch.join("cache")
+    }
+}
+
 impl Server {
     /// Starts `kind` serving `component` and waits until it accepts.
     pub fn start(kind: &Kind, tools: &Tools, component: &Path) -> Result<Server> {
@@ -72,7 +82,7 @@ impl Server {
     ) -> Result<Server> {
         let mut control = None;
         let mut cmd = match kind {
-            Kind::WasmHost(extra) => {
+            Kind::WasmHost(extra) | Kind::WasmHostApp(extra) => {
                 let sock = tools.scratch.join(format!("control-{}.sock", addr.port()));
                 let mut c = Command::new(&tools.wasm_host);
                 c.arg("serve")
@@ -82,9 +92,11 @@ impl Server {
                     .arg("--control")
                     .arg(&sock)
                     .arg("--cache-dir")
-                    .arg(tools.scratch.join("cache"))
-                    .arg("--no-watch")
-                    .args(extra);
+                    .arg(tools.cache_dir());
+                if matches!(kind, Kind::WasmHost(_)) {
+                    c.arg("--no-watch");
+                }
+                c.args(extra);
                 control = Some(sock);
                 c
             }
@@ -116,20 +128,34 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {kind:?}"))?;
-        let server = Server {
+        let mut server = Server {
             child,
             addr,
             control,
         };
-        server.wait_accepting(Duration::from_secs(120))?;
+        // An app's first build comes before the host listens, and may
+        // install the toolchain first.
+        let limit = if matches!(kind, Kind::WasmHostApp(_)) {
+            Duration::from_secs(600)
+        } else {
+            Duration::from_secs(120)
+        };
+        server.wait_accepting(limit)?;
         Ok(server)
     }
 
-    fn wait_accepting(&self, timeout: Duration) -> Result<()> {
+    fn wait_accepting(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if TcpStream::connect(self.addr).is_ok() {
                 return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "server for {} exited with {status} before it listened (its log: server-{}.log in the scratch folder)",
+                    self.addr,
+                    self.addr.port()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -158,6 +184,29 @@ impl Server {
             }
             other => bail!("status failed: {other:?}"),
         }
+    }
+
+    /// Waits (at most `limit`) until the live version runs optimized code,
+    /// so a throughput run does not measure the baseline compiler.
+    pub fn wait_optimized(&self, limit: Duration) -> Result<()> {
+        match self.optimized_by(Instant::now() + limit) {
+            Some(_) => Ok(()),
+            None => bail!("the live version was not on optimized code within {limit:?}"),
+        }
+    }
+
+    /// Polls the host until its live version runs optimized code, or
+    /// `until`; the moment it saw it.
+    pub fn optimized_by(&self, until: Instant) -> Option<Instant> {
+        while Instant::now() < until {
+            let status = self.status().ok()?;
+            let live = status.versions.iter().find(|v| v.state == "live")?;
+            if live.tier == "optimized" {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Asks a `wasm-host` server to upgrade to the binary it runs; returns
@@ -205,12 +254,7 @@ impl Server {
 
     /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc status")
+        crate::procfs::rss_kib(self.pid())
     }
 }
 

@@ -102,6 +102,7 @@ impl Report {
                 }),
             ),
         ]);
+        targets.extend(self.javascript_targets());
         writeln!(md, "## Targets\n")?;
         writeln!(md, "| target | this run | met |\n|---|---:|:---:|")?;
         for t in &targets {
@@ -114,6 +115,51 @@ impl Report {
         }
         writeln!(md)?;
         Ok(())
+    }
+}
+
+impl Report {
+    /// The JavaScript section's targets: wasm-host against the same app on
+    /// Express under PM2 cluster mode.
+    fn javascript_targets(&self) -> [Target; 4] {
+        use crate::javascript::How;
+        let js = self.javascript.as_ref();
+        let first = |how: How| {
+            js.and_then(|j| j.first_new(how))
+                .map(|s| (format!("{s:.2} s"), s <= 0.5))
+        };
+        [
+            Target::new(
+                "JavaScript: first new answer ≤ 0.5 s after the deploy (`wasm-host compile`, then `wasm-host reload`; command → first answer of the new build under load, median)",
+                first(How::Precompiled),
+            ),
+            Target::new(
+                "JavaScript: first new answer ≤ 0.5 s after `wasm-host reload` of a build not precompiled (median)",
+                first(How::Cold),
+            ),
+            Target::new(
+                "JavaScript: ≥ 0.6× PM2's req/s (js-app against the same app on Express, PM2 cluster of 2 workers; median of the rounds)",
+                js.and_then(|j| j.rps_ratio())
+                    .map(|r| (format!("{r:.2}×"), r >= 0.6)),
+            ),
+            Target::new(
+                "JavaScript: resident memory ≤ PM2's (daemon and workers), at rest and after the reloads",
+                js.and_then(|j| j.memory())
+                    .map(|((host, node), (host_after, node_after))| {
+                        let mib = |k: u64| k as f64 / 1024.0;
+                        (
+                            format!(
+                                "at rest {:.0} vs {:.0} MiB; after the reloads {:.0} vs {:.0} MiB",
+                                mib(host),
+                                mib(node),
+                                mib(host_after),
+                                mib(node_after)
+                            ),
+                            host <= node && host_after <= node_after,
+                        )
+                    }),
+            ),
+        ]
     }
 }
 
