@@ -420,6 +420,7 @@ impl Tier {
                 "functions from the per-function compile cache"
             );
         }
+        return_freed_memory();
         compiled
     }
 
@@ -441,6 +442,24 @@ impl Tier {
     /// The world whose components this tier's engine runs.
     pub fn world(&self) -> World {
         self.world
+    }
+}
+
+/// Gives the memory a compile freed back to the kernel.
+///
+/// A compile of a large component (a 13 MB JavaScript one) allocates
+/// hundreds of MB in many small pieces across the compile threads; glibc
+/// keeps what is freed in its per-thread arenas, so a host that compiled
+/// once stayed at ~600 MB resident (measured: 603 MB after a JavaScript
+/// component's two compiles) while serving needs a fraction of that.
+/// `malloc_trim` returns the free pages of every arena. It takes a few
+/// milliseconds, once per compile, on the compile's own thread.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it
+    // touches no live allocation and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
