@@ -166,6 +166,37 @@ stats_spec={stats}
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // Accepting is the front (condure) only: the proxy behind it joins
+        // over ZeroMQ a moment later, and until then a request gets its
+        // connection closed (seen in CI on a loaded machine). Ready means a
+        // request through it reaches the backend.
+        while !self.proxies() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "pushpin accepted on {} but passed no request to the backend within {START_TIMEOUT:?}; its log ends:\n{}",
+                    self.addr,
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `GET /` through Pushpin gets the backend's `200`.
+    fn proxies(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
     }
 }
 

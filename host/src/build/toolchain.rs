@@ -83,9 +83,13 @@ pub fn ensure(root: &Path) -> Result<Toolchain, BuildError> {
     if dir.join(DONE).is_file() {
         return Ok(Toolchain { dir });
     }
-    install(&dir).map_err(|e| match e {
-        Install::Io(what, e) => fail(what, e),
-        Install::Tool(error) => error,
+    install(&dir).map_err(|e| {
+        // A failed install leaves nothing half made for the next try.
+        let _ = std::fs::remove_dir_all(scratch_of(&dir));
+        match e {
+            Install::Io(what, e) => fail(what, e),
+            Install::Tool(error) => error,
+        }
     })?;
     Ok(Toolchain { dir })
 }
@@ -95,8 +99,13 @@ enum Install {
     Tool(BuildError),
 }
 
+/// Where `dir` is assembled before it is renamed into place.
+fn scratch_of(dir: &Path) -> PathBuf {
+    dir.with_extension(format!("tmp-{}", std::process::id()))
+}
+
 fn install(dir: &Path) -> Result<(), Install> {
-    let scratch = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let scratch = scratch_of(dir);
     let _ = std::fs::remove_dir_all(&scratch);
     for (name, bytes) in embedded::FILES {
         let path = scratch.join(name);
