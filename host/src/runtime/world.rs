@@ -113,6 +113,17 @@ pub enum Linked {
 }
 
 impl Linked {
+    /// Bytes of machine code (and its metadata) the compiled component
+    /// holds in memory.
+    pub fn code_size(&self) -> usize {
+        let component = match self {
+            Linked::P2(pre) => pre.instance_pre().component(),
+            Linked::P3(pre) => pre.instance_pre().component(),
+        };
+        let range = component.image_range();
+        (range.end as usize).saturating_sub(range.start as usize)
+    }
+
     /// Links `pre` as a component of `world`: finds the handler export the
     /// world calls.
     pub fn new(world: World, pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
