@@ -806,7 +806,13 @@ async fn a_websocket_over_http2_shares_its_connection_and_survives_a_reload() {
     write_version(&app, "chat", "v2");
     host.reload_ok(&app);
     assert_eq!(echo(&mut ws, "after").await, 2);
-    ws.close(None).await.expect("close");
+    // The host answers the close frame and ends its side of the stream; on
+    // HTTP/2 that end is a reset with NO_ERROR, which can reach the client
+    // while its own close is still being flushed (seen once in CI under
+    // load). That is a finished close; any other error is not.
+    if let Err(e) = ws.close(None).await {
+        assert!(format!("{e:?}").contains("NO_ERROR"), "close: {e:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
