@@ -410,6 +410,24 @@ fn throughput(
     Ok(())
 }
 
+/// The guest component `build` made, or `None` after noting in the report
+/// (and on stdout) why the `what` component was skipped.
+fn built_or_skipped(
+    what: &str,
+    build: Result<PathBuf>,
+    report: &mut report::Report,
+) -> Option<PathBuf> {
+    match build {
+        Ok(path) => Some(path),
+        Err(e) => {
+            let note = format!("The {what} component was skipped: {e:#}");
+            println!("{note}");
+            report.note(&note);
+            None
+        }
+    }
+}
+
 /// Cold reloads of the componentize-js component on a host serving the
 /// 0.2 hello; skipped, with a note, where the component cannot be built.
 fn cold_javascript(
@@ -419,14 +437,8 @@ fn cold_javascript(
     hello: &Path,
     report: &mut report::Report,
 ) -> Result<()> {
-    let js = match guests::javascript(repo) {
-        Ok(path) => path,
-        Err(e) => {
-            let note = format!("The JavaScript component was skipped: {e:#}");
-            println!("{note}");
-            report.note(&note);
-            return Ok(());
-        }
+    let Some(js) = built_or_skipped("JavaScript", guests::javascript(repo), report) else {
+        return Ok(());
     };
     let subject = cold::Subject {
         label: "`js-hello` (componentize-js, WASI 0.2)".into(),
@@ -456,14 +468,8 @@ fn cold_python(
     scratch: &Path,
     report: &mut report::Report,
 ) -> Result<()> {
-    let python = match guests::python(repo) {
-        Ok(path) => path,
-        Err(e) => {
-            let note = format!("The Python component was skipped: {e:#}");
-            println!("{note}");
-            report.note(&note);
-            return Ok(());
-        }
+    let Some(python) = built_or_skipped("Python", guests::python(repo), report) else {
+        return Ok(());
     };
     let baseline = p3::hello(repo, scratch)?;
     let subject = cold::Subject {
