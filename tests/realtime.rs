@@ -733,6 +733,7 @@ async fn a_stream_held_behind_pushpin_gets_what_pushpin_publishes() {
     write_version(&app, "chat", "v1");
     let (host, pushpin) = behind_pushpin(&app);
     assert!(host.addr.starts_with("127.0.0.1"));
+    pushpin.wait_until_answering("/events");
     let mut stream = events_stream(pushpin.addr()).await;
     let mut text = String::new();
     assert_eq!(

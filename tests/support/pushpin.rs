@@ -170,7 +170,7 @@ stats_spec={stats}
         // over ZeroMQ a moment later, and until then a request gets its
         // connection closed (seen in CI on a loaded machine). Ready means a
         // request through it reaches the backend.
-        while !self.proxies() {
+        while !self.answers_200("/") {
             if Instant::now() >= deadline {
                 panic!(
                     "pushpin accepted on {} but passed no request to the backend within {START_TIMEOUT:?}; its log ends:\n{}",
@@ -182,15 +182,35 @@ stats_spec={stats}
         }
     }
 
-    /// Whether `GET /` through Pushpin gets the backend's `200`.
-    fn proxies(&self) -> bool {
+    /// Waits until `GET path` through Pushpin answers `200`: a response the
+    /// backend holds (`Grip-Hold`) goes through Pushpin's handler, which
+    /// joins the proxy a moment after the proxy joins the front (seen in
+    /// CI: a `500` for the first held stream).
+    pub fn wait_until_answering(&self, path: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.answers_200(path) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "GET {path} through pushpin did not answer 200 within {START_TIMEOUT:?}; its log ends:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `GET path` through Pushpin gets a `200`.
+    fn answers_200(&self, path: &str) -> bool {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         if stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .is_err()
         {
             return false;
