@@ -2,6 +2,7 @@
 // after its response (waitUntil, afterResponse), which the host counts as the
 // request's own: a reload waits for it.
 const EVENT_KEY = Symbol.for("wasm-host.fetch-event");
+const SERVED_KEY = Symbol.for("wasm-host.served");
 
 // The request in progress. StarlingMonkey runs one request per instance, so
 // there is at most one.
@@ -84,6 +85,9 @@ export function serve(handler) {
   } else {
     throw new TypeError("serve() needs a function (request, ctx) => Response or an object with a fetch method");
   }
+  // The toolchain's prelude prepares what serves requests (e.g. a Hono
+  // router) while the build snapshots the engine.
+  (globalThis[SERVED_KEY] ??= []).push(handler);
   addEventListener("fetch", (event) => {
     let settle;
     current = { event, answered: new Promise((resolve) => (settle = resolve)) };
