@@ -116,6 +116,16 @@ async fn a_reload_between_javascript_builds_under_load_loses_no_request_and_no_j
     let host = Host::start(&app, &["--no-watch", "--cache-dir", cache]);
     let loaded = host.wait_log("version loaded", Duration::from_secs(10));
     assert!(loaded.contains("code_from_disk=true"), "{loaded}");
+    // A StarlingMonkey snapshot (~9 MiB) runs on the pool that copies its
+    // memory back whole; every request must still start from the snapshot.
+    assert!(
+        loaded.contains("memory_reset=\"snapshot-copy\""),
+        "{loaded}"
+    );
+    for _ in 0..50 {
+        let answer = get(&host.addr, "/seen").await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "1\n"));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, jobs, failed) = (

@@ -262,6 +262,11 @@ async fn compile_fills_the_cache_that_a_host_then_reads() {
     );
     let loaded = host.wait_log("version loaded", Duration::from_secs(10));
     assert!(loaded.contains("code_from_disk=true"), "{loaded}");
+    // A Rust guest's memory starts small: the pool resets written pages.
+    assert!(
+        loaded.contains("memory_reset=\"written-pages\""),
+        "{loaded}"
+    );
     assert_eq!(
         get(&host.addr, "/").await.unwrap().body,
         "hello from precompiled\n"

@@ -4,6 +4,8 @@
 //   GET /slow?ms=N   waits N ms (0 to 10000, default 100), then answers
 //   GET /work?ms=N   answers 202 at once; a job then runs for N ms (default
 //                    100) after the response and logs when it is done
+//   GET /seen        how many requests this instance has seen: always 1,
+//                    since each request starts from the snapshot
 //
 // StarlingMonkey (the engine componentize-js embeds) calls the `fetch` event
 // listener once per request, on a fresh instance: state kept in module
@@ -19,6 +21,9 @@ const MAX_MS = 10_000;
 const app = new Hono();
 
 app.get("/", (c) => c.text(`hello from js ${VERSION}\n`));
+
+let seen = 0;
+app.get("/seen", (c) => c.text(`${(seen += 1)}\n`));
 
 app.get("/slow", async (c) => {
   const ms = millis(c.req.query("ms"), 100);

@@ -18,9 +18,9 @@ use crate::app::rollout::{Canary, CanaryPlan, ErrorWindow};
 use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
+use crate::runtime::pool::EngineKey;
 use crate::runtime::state::Shared;
 use crate::runtime::version::{State, Version};
-use crate::runtime::world::World;
 
 /// How often a canary's counters are sampled for its automatic abort.
 const ABORT_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -411,8 +411,8 @@ pub(super) async fn load_version(
     // Large components start on quickly compiled code (unless optimized
     // code for them is at hand already: on disk, or linked in memory, which
     // `Version::load` prefers).
-    let world = World::engine_for(&bytes);
-    let baseline = runtime.wants_baseline(bytes.len(), digest, world);
+    let key = EngineKey::for_bytes(&bytes);
+    let baseline = runtime.wants_baseline(bytes.len(), digest, key);
     let loaded = Version::load(
         runtime,
         bytes,
@@ -434,6 +434,7 @@ pub(super) async fn load_version(
                 code_from_disk = version.code_from_disk(),
                 code = version.tier(),
                 world = version.world().name(),
+                memory_reset = key.memory.name(),
                 "version loaded"
             );
             Ok(version)

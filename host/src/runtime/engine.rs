@@ -22,16 +22,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
-    Strategy,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, Strategy};
 
 use crate::ops::metrics::PoolView;
 use crate::runtime::code_cache::CodeCache;
 use crate::runtime::cpu::{self, Urgency};
 use crate::runtime::digest::Digest;
 use crate::runtime::incremental::IncrementalCache;
+use crate::runtime::pool::{self, EngineKey, FREED_MEMORY_BUDGET, Memory};
 use crate::runtime::state::HostState;
 use crate::runtime::world::{Linked, World};
 
@@ -85,33 +83,49 @@ type Remembered = (Digest, Linked);
 /// interruption.
 #[derive(Clone)]
 pub struct Runtime {
-    optimized: Worlds<Tier>,
-    baseline: Option<Worlds<Tier>>,
+    optimized: PerEngine<Tier>,
+    baseline: Option<PerEngine<Tier>>,
     baseline_above: Option<usize>,
     /// Most recently used first.
     linked: Arc<Mutex<Vec<Remembered>>>,
-    /// Optimized code on disk, per world's engine; `None` without a cache.
-    code: Option<Worlds<CodeCache>>,
+    /// Optimized code on disk, per engine; `None` without a cache.
+    code: Option<PerEngine<CodeCache>>,
 }
 
-/// One of a thing for each WASI world.
+/// One of a thing for each [`EngineKey`]: WASI 0.2 with either memory
+/// pool, and WASI 0.3 (whose instances take many requests each, so their
+/// memory is reset rarely and one pool serves every 0.3 component).
 #[derive(Clone)]
-struct Worlds<T> {
+struct PerEngine<T> {
     p2: T,
+    p2_snapshot: T,
     p3: T,
 }
 
-impl<T> Worlds<T> {
-    fn get(&self, world: World) -> &T {
-        match world {
-            World::P2 => &self.p2,
-            World::P3 => &self.p3,
+impl<T> PerEngine<T> {
+    fn new(mut make: impl FnMut(EngineKey) -> Result<T>) -> Result<Self> {
+        Ok(Self {
+            p2: make(EngineKey::P2)?,
+            p2_snapshot: make(EngineKey::P2_SNAPSHOT)?,
+            p3: make(EngineKey::P3)?,
+        })
+    }
+
+    fn get(&self, key: EngineKey) -> &T {
+        match (key.world, key.memory) {
+            (World::P2, Memory::Dirty) => &self.p2,
+            (World::P2, Memory::Snapshot) => &self.p2_snapshot,
+            (World::P3, _) => &self.p3,
         }
+    }
+
+    fn all(&self) -> [&T; 3] {
+        [&self.p2, &self.p2_snapshot, &self.p3]
     }
 }
 
 impl Runtime {
-    /// The slots each tier's pooling allocators have in use (both worlds'
+    /// The slots each tier's pooling allocators have in use (all its
     /// engines summed), for metrics.
     pub fn pools(&self) -> Vec<PoolView> {
         std::iter::once(&self.optimized)
@@ -123,7 +137,7 @@ impl Runtime {
                     memories: 0,
                     tables: 0,
                 };
-                for tier in [&tiers.p2, &tiers.p3] {
+                for tier in tiers.all() {
                     if let Some(pool) = tier.engine().pooling_allocator_metrics() {
                         view.core_instances += pool.core_instances();
                         view.memories += pool.memories();
@@ -145,8 +159,8 @@ impl Runtime {
         } else {
             1
         };
-        // Two engines per tier, one per world.
-        let budget = FREED_MEMORY_BUDGET / (tiers * 2);
+        // Three engines per tier (see `PerEngine`).
+        let budget = FREED_MEMORY_BUDGET / (tiers * 3);
         // Cranelift's per-function cache, beside the code cache; one for
         // both worlds (its keys cover everything that changes the code).
         let incremental = match &settings.cache_dir {
@@ -159,24 +173,26 @@ impl Runtime {
             },
             None => None,
         };
-        let both = |strategy| -> Result<Worlds<Tier>> {
+        let both = |strategy| -> Result<PerEngine<Tier>> {
             let incremental = incremental
                 .clone()
                 .filter(|_| strategy == Strategy::Cranelift);
-            Ok(Worlds {
-                p2: Tier::new(settings, strategy, budget, World::P2, incremental.clone())?,
-                p3: Tier::new(settings, strategy, budget, World::P3, incremental)?,
-            })
+            PerEngine::new(|key| Tier::new(settings, strategy, budget, key, incremental.clone()))
         };
         let optimized = both(Strategy::Cranelift)?;
         let baseline = match settings.baseline_above {
             Some(_) => Some(both(Strategy::Winch)?),
             None => None,
         };
-        let code = settings.cache_dir.as_ref().map(|dir| Worlds {
-            p2: CodeCache::new(&dir.join("code"), &optimized.p2.engine),
-            p3: CodeCache::new(&dir.join("code"), &optimized.p3.engine),
-        });
+        let code = match &settings.cache_dir {
+            Some(dir) => Some(PerEngine::new(|key| {
+                Ok(CodeCache::new(
+                    &dir.join("code"),
+                    &optimized.get(key).engine,
+                ))
+            })?),
+            None => None,
+        };
         Ok(Self {
             optimized,
             baseline,
@@ -190,30 +206,30 @@ impl Runtime {
     /// (baseline code), then swapped to optimized code when that is ready:
     /// only large components, and only if their optimized code is not in
     /// the on-disk cache already (then loading it is quicker still).
-    pub fn wants_baseline(&self, len: usize, digest: Digest, world: World) -> bool {
+    pub fn wants_baseline(&self, len: usize, digest: Digest, key: EngineKey) -> bool {
         self.baseline.is_some()
             && self.baseline_above.is_some_and(|above| len > above)
-            && !self.optimized_is_on_disk(digest, world)
+            && !self.optimized_is_on_disk(digest, key)
     }
 
-    fn optimized_is_on_disk(&self, digest: Digest, world: World) -> bool {
+    fn optimized_is_on_disk(&self, digest: Digest, key: EngineKey) -> bool {
         self.code
             .as_ref()
-            .is_some_and(|code| code.get(world).contains(digest))
+            .is_some_and(|code| code.get(key).contains(digest))
     }
 
-    /// The on-disk cache of optimized code for `world`'s engine, if there
+    /// The on-disk cache of optimized code for `key`'s engine, if there
     /// is one.
-    pub fn code_cache(&self, world: World) -> Option<&CodeCache> {
-        self.code.as_ref().map(|code| code.get(world))
+    pub fn code_cache(&self, key: EngineKey) -> Option<&CodeCache> {
+        self.code.as_ref().map(|code| code.get(key))
     }
 
     /// The tier that compiles with Winch (fast to compile, slower code) or
-    /// with Cranelift (optimized code), for components of `world`.
-    pub fn tier(&self, baseline: bool, world: World) -> &Tier {
+    /// with Cranelift (optimized code), for components of `key`.
+    pub fn tier(&self, baseline: bool, key: EngineKey) -> &Tier {
         match (&self.baseline, baseline) {
-            (Some(tiers), true) => tiers.get(world),
-            _ => self.optimized.get(world),
+            (Some(tiers), true) => tiers.get(key),
+            _ => self.optimized.get(key),
         }
     }
 
@@ -257,57 +273,17 @@ pub fn tier_name(baseline: bool) -> &'static str {
     if baseline { "baseline" } else { "optimized" }
 }
 
-/// One code generator for one world: its engine and the linker for it.
+/// One code generator for one [`EngineKey`]: its engine and the linker
+/// for it.
 #[derive(Clone)]
 pub struct Tier {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     baseline: bool,
-    world: World,
+    key: EngineKey,
     /// Cranelift's per-function cache, for the optimized tier with a
     /// cache folder.
     incremental: Option<Arc<IncrementalCache>>,
-}
-
-/// Most memory one engine's pool may hold on the host's behalf after
-/// guests are done with it, before it goes back to the kernel: split
-/// between the engines when there are two (quick and optimized code).
-///
-/// wasmtime's pool does not return a finished instance's memory at once:
-/// what lies beyond [`KEEP_RESIDENT`] is queued, and a queue is returned in
-/// one batch once it holds [`PoolingAllocationConfig::decommit_batch_size`]
-/// regions. Every memory adds at least one region, so one queue holds at
-/// most `batch - 1` memories of up to `--max-memory` each, and there is one
-/// queue per CPU (at most 16). A guest that runs out of memory leaves all of
-/// `--max-memory` behind: with a fixed batch of 128, six such requests at
-/// 512 MiB once left 3 GB resident. So the batch is derived from
-/// `--max-memory` to keep queues × (batch − 1) × max-memory within this
-/// budget (see [`decommit_batch_size`]).
-pub const FREED_MEMORY_BUDGET: usize = 256 << 20;
-
-/// Bytes of each linear memory the pool resets in place (a `memset` of the
-/// pages written) instead of returning them to the kernel: small guests
-/// then never pay for a page fault on their next request.
-const KEEP_RESIDENT: usize = 4 << 20;
-
-/// Largest decommit batch: beyond it, one more syscall saved per batch no
-/// longer shows in throughput.
-const MAX_DECOMMIT_BATCH: usize = 128;
-
-/// The decommit batch for one pool whose memories grow to at most
-/// `max_memory` bytes, so that what its `queues` hold stays within
-/// `budget` bytes: 1 (return every memory at once) when even one memory
-/// per queue would not fit, up to [`MAX_DECOMMIT_BATCH`] for small
-/// memories.
-pub fn decommit_batch_size(max_memory: usize, budget: usize, queues: usize) -> usize {
-    let per_round = max_memory.max(1).saturating_mul(queues.max(1));
-    (1 + budget / per_round).min(MAX_DECOMMIT_BATCH)
-}
-
-/// How many decommit queues wasmtime's pool keeps: one per CPU, at most 16
-/// (wasmtime's `default_shard_count`, which is not public).
-fn decommit_queues() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get().min(16))
 }
 
 impl Tier {
@@ -315,26 +291,16 @@ impl Tier {
         settings: &EngineSettings,
         strategy: Strategy,
         budget: usize,
-        world: World,
+        key: EngineKey,
         incremental: Option<Arc<IncrementalCache>>,
     ) -> Result<Self> {
-        let batch = decommit_batch_size(settings.max_memory, budget, decommit_queues());
-        tracing::debug!(batch, budget, "decommit batch of the instance pool");
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(settings.max_instances)
-            .total_core_instances(settings.max_instances.saturating_mul(4))
-            .total_memories(settings.max_instances.saturating_mul(2))
-            .total_tables(settings.max_instances.saturating_mul(4))
-            .total_stacks(settings.max_instances)
-            .max_memory_size(settings.max_memory)
-            // A fresh instance per request makes decommit the hot path: keep
-            // small memories and tables resident and reset them in place
-            // instead of returning pages to the kernel, and batch the rest,
-            // as far as the budget for freed memory allows.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(1 << 20)
-            .decommit_batch_size(batch)
-            .pagemap_scan(Enabled::Auto);
+        let world = key.world;
+        let pool = pool::config(
+            settings.max_instances,
+            settings.max_memory,
+            key.memory,
+            budget,
+        );
 
         let mut config = Config::new();
         config
@@ -403,7 +369,7 @@ impl Tier {
             engine,
             linker: Arc::new(linker),
             baseline: matches!(strategy, Strategy::Winch),
-            world,
+            key,
             incremental,
         })
     }
@@ -460,7 +426,12 @@ impl Tier {
 
     /// The world whose components this tier's engine runs.
     pub fn world(&self) -> World {
-        self.world
+        self.key.world
+    }
+
+    /// Which engine this is.
+    pub fn key(&self) -> EngineKey {
+        self.key
     }
 }
 
@@ -514,30 +485,5 @@ fn start_epoch_ticker(engine: &Engine) {
         // Without the ticker no deadline fires; say so loudly but keep
         // serving, since requests still complete normally.
         tracing::error!(error = %e, "could not start the epoch ticker; request timeouts will not fire");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn freed_memory_waiting_for_decommit_stays_within_the_budget() {
-        for max_memory in [64 << 10, 1 << 20, 16 << 20, 64 << 20, 512 << 20, 4 << 30] {
-            for queues in [1, 2, 8, 16] {
-                let batch = decommit_batch_size(max_memory, FREED_MEMORY_BUDGET, queues);
-                assert!((1..=MAX_DECOMMIT_BATCH).contains(&batch));
-                // At most batch - 1 memories wait in each queue.
-                let held = queues * (batch - 1) * max_memory;
-                assert!(
-                    held <= FREED_MEMORY_BUDGET,
-                    "{max_memory} x {queues}: {batch}"
-                );
-            }
-        }
-        // The default 512 MiB returns each memory at once; small guests
-        // still batch.
-        assert_eq!(decommit_batch_size(512 << 20, FREED_MEMORY_BUDGET, 2), 1);
-        assert_eq!(decommit_batch_size(1 << 20, FREED_MEMORY_BUDGET, 2), 128);
     }
 }

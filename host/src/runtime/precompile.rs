@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
+use crate::runtime::pool::EngineKey;
 use crate::runtime::version::{self, LoadError};
 use crate::runtime::world::World;
 
@@ -46,15 +47,15 @@ pub async fn precompile(
 ) -> Result<Precompiled, PrecompileError> {
     version::check_header(&bytes)?;
     let digest = Digest::of(&bytes);
-    let world = World::engine_for(&bytes);
-    if runtime.code_cache(world).is_none() {
+    let key = EngineKey::for_bytes(&bytes);
+    if runtime.code_cache(key).is_none() {
         return Err(PrecompileError::NoCache);
     }
     let started = Instant::now();
-    let (_, from_disk) = version::link(runtime, runtime.tier(false, world), bytes, digest).await?;
+    let (_, from_disk) = version::link(runtime, runtime.tier(false, key), bytes, digest).await?;
     Ok(Precompiled {
         digest,
-        world,
+        world: key.world,
         already: from_disk,
         took: started.elapsed(),
     })

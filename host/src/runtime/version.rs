@@ -25,6 +25,7 @@ use crate::runtime::outgoing::OutgoingPolicy;
 use crate::runtime::p2::WarmPool;
 use crate::runtime::p3::P3Settings;
 use crate::runtime::p3::pool::{Instances, Pool};
+use crate::runtime::pool::EngineKey;
 use crate::runtime::state::{AppServices, HostState, Shared};
 use crate::runtime::store::Stores;
 use crate::runtime::work::WorkCounter;
@@ -195,7 +196,7 @@ impl Version {
         // Optimized code linked recently wins over compiling anything.
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
-        let tier = runtime.tier(baseline && !cached, World::engine_for(&bytes));
+        let tier = runtime.tier(baseline && !cached, EngineKey::for_bytes(&bytes));
         let (linked, from_disk) = match recalled {
             Some(linked) => (linked, false),
             None => {
@@ -572,7 +573,7 @@ pub(crate) async fn link(
     let compiler = tier.clone();
     // Baseline code lives for seconds: not worth a disk write.
     let disk = runtime
-        .code_cache(tier.world())
+        .code_cache(tier.key())
         .filter(|_| !tier.is_baseline())
         .cloned();
     let component = crate::runtime::engine::in_background(move || {

@@ -1,0 +1,92 @@
+//! How far a component's initial linear memory reaches: the end of the
+//! furthest data segment of any of its core modules, read from the bytes
+//! without compiling.
+//!
+//! A snapshotted runtime (componentize-js's StarlingMonkey, a Wizer
+//! snapshot of ~9 MiB) starts every instance from megabytes of heap and
+//! writes scattered pages all over it, which the engine picks a different
+//! memory pool for (see [`crate::runtime::engine::Memory`]). This module
+//! only measures; it decides nothing.
+
+use wasmparser::{DataKind, Operator, Parser, Payload};
+
+/// The byte just past the furthest active data segment of any core module
+/// in `bytes` (0 when there is none), or `None` if they cannot be parsed.
+/// A segment placed by anything but a constant (an imported global) is
+/// skipped: its place is known only at instantiation.
+pub fn initial_memory_end(bytes: &[u8]) -> Option<u64> {
+    let mut end = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        if let Payload::DataSection(reader) = payload.ok()? {
+            for data in reader {
+                let data = data.ok()?;
+                let DataKind::Active { offset_expr, .. } = data.kind else {
+                    continue;
+                };
+                let offset = match offset_expr.get_operators_reader().read().ok()? {
+                    // Offsets are unsigned; wasm stores them as signed
+                    // immediates.
+                    Operator::I32Const { value } => u64::from(value as u32),
+                    Operator::I64Const { value } => value as u64,
+                    _ => continue,
+                };
+                end = end.max(offset.saturating_add(data.data.len() as u64));
+            }
+        }
+    }
+    Some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{ConstExpr, DataSection, MemorySection, MemoryType, Module};
+
+    /// A module with one memory and `segments` (offset, bytes) placed in
+    /// it, plus one passive segment, which is placed by `memory.init` and
+    /// so never counts.
+    fn module(segments: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 40_000,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        let mut data = DataSection::new();
+        for (offset, bytes) in segments {
+            data.active(
+                0,
+                &ConstExpr::i32_const(*offset as i32),
+                bytes.iter().copied(),
+            );
+        }
+        data.passive(b"passive".iter().copied());
+        let mut module = Module::new();
+        module.section(&memories).section(&data);
+        module.finish()
+    }
+
+    #[test]
+    fn the_furthest_segment_counts() {
+        let bytes = module(&[(8, b"abcd"), (100, b"xy")]);
+        assert_eq!(initial_memory_end(&bytes), Some(102));
+    }
+
+    #[test]
+    fn a_module_without_active_data_reaches_nothing() {
+        assert_eq!(initial_memory_end(&module(&[])), Some(0));
+    }
+
+    #[test]
+    fn offsets_above_two_gib_are_unsigned() {
+        let bytes = module(&[(0x8000_0000, b"z")]);
+        assert_eq!(initial_memory_end(&bytes), Some(0x8000_0001));
+    }
+
+    #[test]
+    fn garbage_is_not_measured() {
+        assert_eq!(initial_memory_end(b"\0asm\x01\0\0\0\x0b\xff"), None);
+    }
+}
