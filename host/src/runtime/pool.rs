@@ -177,9 +177,15 @@ pub fn config(
         Memory::Dirty => pool
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(Enabled::Auto),
+        // Every slot this pool has used keeps its memory resident, so an
+        // instance without a slot of its own component's takes the least
+        // recently used idle one (of a retired version, say) rather than
+        // one never used: the pool then holds as many memories as
+        // instances ran at once, not a new set per deployed version.
         Memory::Snapshot => pool
             .linear_memory_keep_resident(SNAPSHOT_KEEP_RESIDENT)
-            .pagemap_scan(Enabled::No),
+            .pagemap_scan(Enabled::No)
+            .max_unused_warm_slots(0),
     };
     pool
 }
