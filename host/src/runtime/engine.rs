@@ -1,6 +1,8 @@
 //! The wasmtime [`Engine`]s of the process and the [`Linker`]s versions
 //! are linked with (over the per-store [`HostState`]): per compiler tier,
-//! one engine for WASI 0.2 components and one for WASI 0.3.
+//! one engine for WASI 0.2 components, one for WASI 0.2 components that
+//! start from a large memory snapshot (their own instance pool, see
+//! [`crate::runtime::pool::Memory`]), and one for WASI 0.3.
 //!
 //! Why two: an engine with the component model's concurrency support turns
 //! every call into a guest into a concurrent call with its task
