@@ -84,6 +84,11 @@ pub enum Memory {
     /// host, `wrk -t1 -c16`, 2 cores): 872 req/s with the scan, 1802 req/s
     /// with this pool (0.4 faults per request; copying the memory back
     /// became the largest cost, 36% of CPU).
+    ///
+    /// The price: every memory this pool has used stays resident (~9 MiB
+    /// for StarlingMonkey), so after a burst the host holds as many as the
+    /// most instances that ran at once (534 MB after 50 concurrent slow
+    /// requests) until later requests reuse them.
     Snapshot,
 }
 
