@@ -126,8 +126,17 @@ pub struct Trial {
     pub errors: u64,
     /// Requests answered during the trial.
     pub answered: u64,
-    /// p99 over the trial, ms.
+    /// p99 from the reload command to the end of the trial, ms.
     pub p99: f64,
+    /// p99 of the second of load before the command, ms.
+    pub p99_rest: f64,
+}
+
+impl Trial {
+    /// p99 while the new build goes live over p99 just before.
+    pub fn p99_ratio(&self) -> f64 {
+        self.p99 / self.p99_rest.max(1e-3)
+    }
 }
 
 /// One server's reloads and memory.
@@ -581,6 +590,8 @@ fn under_load(
             .join()
             .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
         let (at, command) = deployed?;
+        let since = at.saturating_duration_since(result.started);
+        let p99 = |h: hdrhistogram::Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
         Ok(Trial {
             how: How::Pm2,
             precompile: None,
@@ -588,7 +599,8 @@ fn under_load(
             first_new: first_matching(&result, at, is_new),
             errors: result.errors,
             answered: result.ok,
-            p99: result.ms(0.99),
+            p99: p99(result.window(since, result.elapsed + load::BUCKET)),
+            p99_rest: p99(result.window(Duration::ZERO, since)),
         })
     })
 }
@@ -626,6 +638,18 @@ impl Javascript {
                 .filter(|t| t.how == how)
                 .filter_map(|t| t.first_new)
                 .map(|d| d.as_secs_f64()),
+        )
+    }
+
+    /// Median over wasm-host's trials deployed `how` of p99 from the reload
+    /// command on over p99 in the second before it.
+    pub fn p99_ratio(&self, how: How) -> Option<f64> {
+        median(
+            self.sides
+                .iter()
+                .flat_map(|s| &s.trials)
+                .filter(|t| t.how == how)
+                .map(Trial::p99_ratio),
         )
     }
 
@@ -747,13 +771,13 @@ impl Javascript {
         )?;
         writeln!(
             md,
-            "| server | reload | how | precompile ms | command ms | command → first answer of the new build | failed requests | answered | p99 ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
+            "| server | reload | how | precompile ms | command ms | command → first answer of the new build | failed requests | answered | p99 ms, the second before the command | p99 ms, from the command on |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         )?;
         for side in &self.sides {
             for (n, t) in side.trials.iter().enumerate() {
                 writeln!(
                     md,
-                    "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
                     side.name,
                     n + 1,
                     t.how.label(),
@@ -763,6 +787,7 @@ impl Javascript {
                     ms(t.first_new),
                     t.errors,
                     t.answered,
+                    t.p99_rest,
                     t.p99
                 )?;
             }
@@ -785,9 +810,10 @@ impl Javascript {
                     .map(|d| d.as_secs_f64()),
             );
             let command = median(trials.iter().map(|t| t.command.as_secs_f64()));
+            let p99 = median(trials.iter().map(|t| t.p99_ratio())).unwrap_or(f64::NAN);
             writeln!(
                 md,
-                "- {}: command → first new answer, median **{}**; the command itself, median {}; failed requests {} in all",
+                "- {}: command → first new answer, median **{}**; the command itself, median {}; failed requests {} in all; p99 from the command on over p99 the second before, median {p99:.2}×",
                 how.label(),
                 ms(first.map(Duration::from_secs_f64)),
                 ms(command.map(Duration::from_secs_f64)),

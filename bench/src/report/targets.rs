@@ -121,7 +121,7 @@ impl Report {
 impl Report {
     /// The JavaScript section's targets: wasm-host against the same app on
     /// Express under PM2 cluster mode.
-    fn javascript_targets(&self) -> [Target; 4] {
+    fn javascript_targets(&self) -> [Target; 5] {
         use crate::javascript::How;
         let js = self.javascript.as_ref();
         let first = |how: How| {
@@ -136,6 +136,11 @@ impl Report {
             Target::new(
                 "JavaScript: first new answer ≤ 0.5 s after `wasm-host reload` of a build not precompiled (median)",
                 first(How::Cold),
+            ),
+            Target::new(
+                "JavaScript: p99 of other traffic while a precompiled build goes live ≤ 2× at rest (from the reload command on, over the second of load before it; median of the trials)",
+                js.and_then(|j| j.p99_ratio(How::Precompiled))
+                    .map(|r| (format!("{r:.2}×"), r <= 2.0)),
             ),
             Target::new(
                 "JavaScript: ≥ 0.6× PM2's req/s (js-app against the same app on Express, PM2 cluster of 2 workers; median of the rounds)",
