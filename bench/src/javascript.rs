@@ -632,25 +632,24 @@ impl Javascript {
     /// reload command to the first answer of the new build, seconds.
     pub fn first_new(&self, how: How) -> Option<f64> {
         median(
-            self.sides
-                .iter()
-                .flat_map(|s| &s.trials)
-                .filter(|t| t.how == how)
+            self.trials(how)
                 .filter_map(|t| t.first_new)
                 .map(|d| d.as_secs_f64()),
         )
     }
 
+    /// The trials of either server deployed `how`.
+    fn trials(&self, how: How) -> impl Iterator<Item = &Trial> {
+        self.sides
+            .iter()
+            .flat_map(|s| &s.trials)
+            .filter(move |t| t.how == how)
+    }
+
     /// Median over wasm-host's trials deployed `how` of p99 from the reload
     /// command on over p99 in the second before it.
     pub fn p99_ratio(&self, how: How) -> Option<f64> {
-        median(
-            self.sides
-                .iter()
-                .flat_map(|s| &s.trials)
-                .filter(|t| t.how == how)
-                .map(Trial::p99_ratio),
-        )
+        median(self.trials(how).map(Trial::p99_ratio))
     }
 
     /// Median over the rounds of wasm-host's req/s over PM2's.
@@ -794,12 +793,7 @@ impl Javascript {
         }
         writeln!(md)?;
         for how in [How::Precompiled, How::Cold, How::Pm2] {
-            let trials: Vec<&Trial> = self
-                .sides
-                .iter()
-                .flat_map(|s| &s.trials)
-                .filter(|t| t.how == how)
-                .collect();
+            let trials: Vec<&Trial> = self.trials(how).collect();
             if trials.is_empty() {
                 continue;
             }
