@@ -410,17 +410,13 @@ fn throughput(
     Ok(())
 }
 
-/// The guest component `build` made, or `None` after noting in the report
-/// (and on stdout) why the `what` component was skipped.
-fn built_or_skipped(
-    what: &str,
-    build: Result<PathBuf>,
-    report: &mut report::Report,
-) -> Option<PathBuf> {
-    match build {
-        Ok(path) => Some(path),
+/// `result`'s value, or `None` with a note in the report (and on stdout)
+/// that `subject` was skipped and why.
+fn or_skipped<T>(subject: &str, result: Result<T>, report: &mut report::Report) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
         Err(e) => {
-            let note = format!("The {what} component was skipped: {e:#}");
+            let note = format!("{subject} was skipped: {e:#}");
             println!("{note}");
             report.note(&note);
             None
@@ -437,7 +433,7 @@ fn cold_javascript(
     hello: &Path,
     report: &mut report::Report,
 ) -> Result<()> {
-    let Some(js) = built_or_skipped("JavaScript", guests::javascript(repo), report) else {
+    let Some(js) = or_skipped("The JavaScript component", guests::javascript(repo), report) else {
         return Ok(());
     };
     let subject = cold::Subject {
@@ -468,7 +464,7 @@ fn cold_python(
     scratch: &Path,
     report: &mut report::Report,
 ) -> Result<()> {
-    let Some(python) = built_or_skipped("Python", guests::python(repo), report) else {
+    let Some(python) = or_skipped("The Python component", guests::python(repo), report) else {
         return Ok(());
     };
     let baseline = p3::hello(repo, scratch)?;
@@ -634,15 +630,7 @@ fn memory(
 /// backend (Redis if `redis-server` is installed), and the count the store
 /// holds afterwards, which must equal the increments answered.
 fn keyvalue(cli: &Cli, tools: &Tools, counter: &Path, report: &mut report::Report) -> Result<()> {
-    let redis = match servers::RedisServer::start(&tools.scratch) {
-        Ok(redis) => Some(redis),
-        Err(e) => {
-            let note = format!("Redis was skipped: {e:#}");
-            println!("{note}");
-            report.note(&note);
-            None
-        }
-    };
+    let redis = or_skipped("Redis", servers::RedisServer::start(&tools.scratch), report);
     let mut backends = vec![
         ("embedded", "embedded".to_string()),
         ("memory", "memory".to_string()),
