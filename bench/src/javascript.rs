@@ -10,8 +10,13 @@
 //!   1.0.0 to 2.0.0 (and a line is added to its source): the host's own
 //!   rebuild loop builds and swaps the new version. The two builds' files
 //!   (`.wasm-host/js-app.wasm`) are the components every later part serves.
+//! - Reuse: the same copy is served once more with `--reuse-instances`, so
+//!   the host builds it with `--reuse` (the bundle answers
+//!   `wasi:http/incoming-handler` itself and an instance serves request
+//!   after request); that component is a third server in the throughput
+//!   runs.
 //! - Throughput and CPU: `GET /` with keep-alive connections (`wrk -t1`
-//!   when installed), `--rounds` times alternating the order; CPU per
+//!   when installed), `--rounds` times rotating the order; CPU per
 //!   request is the servers' user plus system time (`/proc/PID/stat`: the
 //!   host's process; PM2's daemon and workers) over the run divided by the
 //!   requests answered.
@@ -49,6 +54,9 @@ use crate::servers::{self, Kind, Server, Tools};
 
 /// The server names in the report.
 const HOST: &str = "wasm-host (fresh instance per request)";
+const HOST_REUSE: &str = "wasm-host (built with reuse, up to 1000 requests per instance)";
+/// `--reuse-instances` of the reuse server.
+const REUSE_USES: &str = "1000";
 const NODE: &str = "Express, PM2 cluster (2 workers)";
 /// What the Node peer's `GET /` starts with, up to its build number.
 const NODE_ANSWER: &str = "hello from express gen";
@@ -213,8 +221,20 @@ pub fn measure(opts: &Options, tools: &Tools, repo: &Path) -> Result<Javascript>
         }
     };
     let (build, builds) = build(tools, repo, opts.connections)?;
+    let reusable = match build_for_reuse(tools) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            let note = format!("the reuse build was skipped: {e:#}");
+            println!("{note}");
+            notes.push(note);
+            None
+        }
+    };
 
     let mut names = vec![HOST];
+    if reusable.is_some() {
+        names.push(HOST_REUSE);
+    }
     if versions.is_some() {
         names.push(NODE);
     }
@@ -224,7 +244,10 @@ pub fn measure(opts: &Options, tools: &Tools, repo: &Path) -> Result<Javascript>
             // Alternate the order so neither always runs on a warmer machine.
             let at = (i + round) % names.len();
             let run = if names[at] == HOST {
-                let server = host(tools, &builds[0])?;
+                let server = host(tools, &builds[0], &[])?;
+                throughput(opts, tools, server.addr, &[server.pid()])?
+            } else if let (HOST_REUSE, Some(component)) = (names[at], &reusable) {
+                let server = host(tools, component, &["--reuse-instances", REUSE_USES])?;
                 throughput(opts, tools, server.addr, &[server.pid()])?
             } else {
                 let cluster = node(tools, &node_dir)?;
@@ -264,9 +287,12 @@ pub fn measure(opts: &Options, tools: &Tools, repo: &Path) -> Result<Javascript>
     })
 }
 
-/// wasm-host serving `component`, once its code is optimized.
-fn host(tools: &Tools, component: &Path) -> Result<Server> {
-    let server = Server::start(&Kind::WasmHost(host_flags(tools)), tools, component)?;
+/// wasm-host serving `component` with `extra` flags, once its code is
+/// optimized.
+fn host(tools: &Tools, component: &Path, extra: &[&str]) -> Result<Server> {
+    let mut flags = host_flags(tools);
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let server = Server::start(&Kind::WasmHost(flags), tools, component)?;
     server.wait_optimized(TIER_UP_LIMIT)?;
     Ok(server)
 }
@@ -342,6 +368,27 @@ fn build(tools: &Tools, repo: &Path, connections: usize) -> Result<(Build, [Path
         },
         [v1, v2],
     ))
+}
+
+/// Has the host build the copy of js-app (at version 2.0.0 by now) once
+/// more, served with `--reuse-instances` so that it builds with `--reuse`,
+/// and returns that component.
+fn build_for_reuse(tools: &Tools) -> Result<PathBuf> {
+    let app = tools.scratch.join("js-app");
+    println!("js-app: wasm-host serve DIR --reuse-instances {REUSE_USES} (built with --reuse)");
+    let mut flags = host_flags(tools);
+    flags.extend(["--reuse-instances".to_string(), REUSE_USES.to_string()]);
+    let server = Server::start(&Kind::WasmHostApp(flags), tools, &app)?;
+    wait_for(
+        server.addr,
+        |b| b.starts_with(&format!("{HOST_ANSWER}2.0.0 ")),
+        BUILD_LIMIT,
+    )?;
+    drop(server);
+    let built = app.join(".wasm-host/js-app.wasm");
+    let reusable = tools.scratch.join("js-app-reuse.wasm");
+    std::fs::copy(&built, &reusable).with_context(|| format!("{} is missing", built.display()))?;
+    Ok(reusable)
 }
 
 /// Version 2.0.0 of the copied app: package.json's version (what `GET /`
@@ -432,7 +479,7 @@ fn generation(body: &str) -> Option<u64> {
 
 /// wasm-host's reloads: never-seen builds, precompiled and not in turn.
 fn host_reloads(opts: &Options, tools: &Tools, builds: &[PathBuf; 2]) -> Result<Side> {
-    let server = host(tools, &builds[0])?;
+    let server = host(tools, &builds[0], &[])?;
     let control = server.control.clone().context("no control socket")?;
     exercise(server.addr)?;
     let pids = [server.pid()];
@@ -652,11 +699,19 @@ impl Javascript {
         median(self.trials(how).map(Trial::p99_ratio))
     }
 
-    /// Median over the rounds of wasm-host's req/s over PM2's.
-    pub fn rps_ratio(&self) -> Option<f64> {
-        let [(_, host), (_, node)] = &self.runs[..] else {
-            return None;
-        };
+    /// The throughput runs of the server named `name`, if it ran.
+    fn runs_of(&self, name: &str) -> Option<&[Run]> {
+        self.runs
+            .iter()
+            .find(|(n, runs)| *n == name && !runs.is_empty())
+            .map(|(_, runs)| runs.as_slice())
+    }
+
+    /// Median over the rounds of wasm-host's req/s over PM2's: with a
+    /// fresh instance per request, or (`reuse`) the build made for reuse.
+    pub fn rps_ratio(&self, reuse: bool) -> Option<f64> {
+        let host = self.runs_of(if reuse { HOST_REUSE } else { HOST })?;
+        let node = self.runs_of(NODE)?;
         median(host.iter().zip(node).map(|(h, n)| h.rps / n.rps.max(1e-9)))
     }
 
@@ -692,7 +747,7 @@ impl Javascript {
         };
         writeln!(
             md,
-            "wasm-host serves examples/js-app (Hono and `@wasm-host/sdk`, a fresh instance per request: StarlingMonkey serves one request per instance, so instance reuse does not apply); the peer is {peer}, the same routes with the state in each worker's memory. All on 127.0.0.1.\n"
+            "wasm-host serves examples/js-app (Hono and `@wasm-host/sdk`): as `serve DIR` builds it, a fresh instance per request (StarlingMonkey's fetch event answers once per instance); and built with `--reuse` (the bundle answers `wasi:http/incoming-handler` itself) and served with `--reuse-instances {REUSE_USES}`. The peer is {peer}, the same routes with the state in each worker's memory. All on 127.0.0.1.\n"
         )?;
 
         let b = &self.build;
@@ -723,7 +778,7 @@ impl Javascript {
         };
         writeln!(
             md,
-            "### Throughput and CPU per request (`GET /`, {connections} keep-alive connections, {client}, {duration:?} per run, {rounds} rounds alternating the order)\n"
+            "### Throughput and CPU per request (`GET /`, {connections} keep-alive connections, {client}, {duration:?} per run, {rounds} rounds rotating the order)\n"
         )?;
         writeln!(
             md,
@@ -749,7 +804,10 @@ impl Javascript {
             md,
             "\nCPU per request: user plus system time of the server's processes (wasm-host's one process; PM2's daemon and both workers) over the run, divided by the requests answered. The client's own CPU is not counted.\n"
         )?;
-        if let [(ours, host), (peer, node)] = &self.runs[..] {
+        for ours in [HOST, HOST_REUSE] {
+            let (Some(host), Some(node)) = (self.runs_of(ours), self.runs_of(NODE)) else {
+                continue;
+            };
             let ratios = |f: fn(&Run) -> f64| -> Vec<f64> {
                 host.iter()
                     .zip(node)
@@ -761,7 +819,7 @@ impl Javascript {
                 ("CPU per request", ratios(|r| r.cpu_us)),
                 ("p99", ratios(|r| r.p99)),
             ];
-            ratio_lines(md, ours, peer, &measures)?;
+            ratio_lines(md, ours, NODE, &measures)?;
         }
 
         writeln!(

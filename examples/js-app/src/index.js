@@ -11,6 +11,10 @@
 //   GET  /drained       the kv keys drained_gen_N the drain hook wrote
 //   GET  /config/:key   a wasi:config value (--config-var KEY=VALUE)
 //   GET  /boom          throws: the SDK answers 500 with the message and line
+//   POST /echo          the request body back, with its content-type
+//   GET  /seen          requests this instance has served: always 1 with a
+//                       fresh instance per request; counts up when the app is
+//                       built for reuse (serve DIR --reuse-instances N)
 //
 // The version is $APP_VERSION (wasm-host serve --env APP_VERSION=2.0.0),
 // read per request, else package.json's version (the build defines
@@ -75,6 +79,15 @@ app.get("/config/:key", (c) => {
 app.get("/boom", () => {
   throw new Error("boom: this route always fails");
 });
+
+app.post("/echo", async (c) => {
+  const body = await c.req.arrayBuffer();
+  return c.body(body, 200, { "content-type": c.req.header("content-type") ?? "application/octet-stream" });
+});
+
+// Module state lives as long as the instance: one request, or many in reuse.
+let seen = 0;
+app.get("/seen", (c) => c.text(`${(seen += 1)}\n`));
 
 app.notFound((c) => c.text(`no route for ${c.req.method} ${c.req.path}\n`, 404));
 // Hono catches handler errors; hand them on so the SDK answers 500 with the

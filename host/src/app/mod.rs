@@ -31,7 +31,7 @@ use crate::ops::metrics::{AppMetrics, Rejection};
 use crate::runtime::engine::Runtime;
 use crate::runtime::request::{self, Response};
 use crate::runtime::state::Shared;
-use crate::runtime::version::{LoadError, State, Version, VersionSettings};
+use crate::runtime::version::{LoadError, Loadable, State, Version, VersionSettings};
 use crate::runtime::work::WorkGuard;
 
 /// Settings of one app, validated by the caller.
@@ -247,6 +247,7 @@ impl App {
     ) -> Result<Arc<Self>, ReloadError> {
         let path = settings.path.clone();
         let (bytes, digest) = pipeline::read_component(&path).await?;
+        let component = Loadable::new(bytes, digest);
         let held = Held::new(settings.realtime.clone());
         if let Some(endpoint) = &settings.grip_publish {
             crate::realtime::forward::start(held.hub(), endpoint.clone());
@@ -264,8 +265,7 @@ impl App {
                 hub: held.hub().clone(),
             },
             &path,
-            bytes.clone(),
-            digest,
+            component.clone(),
             first,
         )
         .await?;
@@ -296,7 +296,7 @@ impl App {
             held,
         });
         control_plane.spawn(pipeline::worker(Arc::downgrade(&app), rx));
-        app.tier_up(&version, bytes);
+        app.tier_up(&version, component);
         Ok(app)
     }
 

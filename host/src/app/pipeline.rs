@@ -18,9 +18,8 @@ use crate::app::rollout::{Canary, CanaryPlan, ErrorWindow};
 use crate::runtime::component_file;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::Runtime;
-use crate::runtime::pool::EngineKey;
 use crate::runtime::state::Shared;
-use crate::runtime::version::{State, Version};
+use crate::runtime::version::{Loadable, State, Version};
 
 /// How often a canary's counters are sampled for its automatic abort.
 const ABORT_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -115,6 +114,7 @@ impl App {
             return Err(ReloadError::CanaryRunning(canary.version.generation()));
         }
         let (bytes, digest) = read_component(&path).await?;
+        let component = Loadable::new(bytes, digest);
         let live = self.live();
         if digest == live.digest() {
             if plan.is_some() {
@@ -147,8 +147,7 @@ impl App {
             &self.settings,
             self.shared(),
             &path,
-            bytes.clone(),
-            digest,
+            component.clone(),
             generation,
         )
         .await?;
@@ -169,7 +168,7 @@ impl App {
                 tracing::info!(app = %name, generation, digest = %digest.short(), "version live");
             }
         }
-        self.tier_up(&version, bytes);
+        self.tier_up(&version, component);
         Ok(done)
     }
 
@@ -274,7 +273,7 @@ impl App {
     /// code in the background and swaps it in under the same generation
     /// (live or canary) — unless a change or shutdown came first. Requests
     /// never notice: the baseline copy drains like any old version.
-    pub(super) fn tier_up(self: &Arc<Self>, version: &Arc<Version>, bytes: Arc<[u8]>) {
+    pub(super) fn tier_up(self: &Arc<Self>, version: &Arc<Version>, component: Loadable) {
         if !version.is_baseline() {
             return;
         }
@@ -285,8 +284,7 @@ impl App {
             let (name, generation) = (app.settings.name.clone(), baseline.generation());
             let loaded = Version::load(
                 &app.runtime,
-                bytes,
-                baseline.digest(),
+                component,
                 generation,
                 app.settings.version.clone(),
                 app.shared(),
@@ -403,20 +401,18 @@ pub(super) async fn load_version(
     settings: &AppSettings,
     shared: Shared,
     path: &Path,
-    bytes: Arc<[u8]>,
-    digest: Digest,
+    component: Loadable,
     generation: u64,
 ) -> Result<Version, ReloadError> {
     let name = &settings.name;
+    let (digest, key) = (component.digest, component.key);
     // Large components start on quickly compiled code (unless optimized
     // code for them is at hand already: on disk, or linked in memory, which
     // `Version::load` prefers).
-    let key = EngineKey::for_bytes(&bytes);
-    let baseline = runtime.wants_baseline(bytes.len(), digest, key);
+    let baseline = runtime.wants_baseline(component.bytes.len(), digest, component.key);
     let loaded = Version::load(
         runtime,
-        bytes,
-        digest,
+        component,
         generation,
         settings.version.clone(),
         shared,
@@ -435,6 +431,7 @@ pub(super) async fn load_version(
                 code = version.tier(),
                 world = version.world().name(),
                 memory_reset = key.memory.name(),
+                built_for_reuse = version.built_for_reuse(),
                 "version loaded"
             );
             Ok(version)

@@ -30,6 +30,9 @@ pub struct JsApp {
     name: String,
     /// Where the toolchain is installed.
     toolchains: PathBuf,
+    /// Build with `--reuse`: the bundle answers requests itself, so an
+    /// instance can serve more than one.
+    reuse: bool,
 }
 
 /// Whether `path` names a JavaScript or TypeScript file.
@@ -64,7 +67,13 @@ impl JsApp {
             entry,
             name,
             toolchains: toolchains.to_path_buf(),
+            reuse: false,
         })
+    }
+
+    /// The same app, built for instance reuse when `reuse` is set.
+    pub fn for_reuse(self, reuse: bool) -> Self {
+        Self { reuse, ..self }
     }
 
     /// The app's directory.
@@ -110,6 +119,9 @@ impl JsApp {
             .arg(toolchain.sdk());
         if let Some(entry) = &self.entry {
             node.arg("--entry").arg(entry);
+        }
+        if self.reuse {
+            node.arg("--reuse");
         }
         let status = node
             .current_dir(&self.dir)

@@ -69,6 +69,17 @@ impl Source {
         Ok(Self::JavaScript(JsApp::open(path, toolchains)?))
     }
 
+    /// The same source, built for instance reuse when `reuse` is set: a
+    /// JavaScript app then answers `wasi:http/incoming-handler` from its
+    /// bundle, so one instance serves request after request (see
+    /// `js/toolchain/reuse.js`). A Rust crate builds the same either way.
+    pub fn for_reuse(self, reuse: bool) -> Self {
+        match self {
+            Self::JavaScript(j) => Self::JavaScript(j.for_reuse(reuse)),
+            rust => rust,
+        }
+    }
+
     /// Whether `path` names a source the host builds rather than a
     /// component: a directory, or a JavaScript or TypeScript file.
     pub fn is_source(path: &Path) -> bool {

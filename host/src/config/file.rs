@@ -293,7 +293,13 @@ fn app_config(
         None
     } else if Source::is_source(&component) {
         problems.check(&app.component, |_| {
-            Source::open(&component, &super::js_toolchains()).map_err(|e| format!("{e:#}"))
+            let reuse = app
+                .reuse_instances
+                .as_ref()
+                .is_some_and(|n| *n.get_ref() > 1);
+            Source::open(&component, &super::js_toolchains())
+                .map(|source| source.for_reuse(reuse))
+                .map_err(|e| format!("{e:#}"))
         })
     } else {
         problems.check(&app.component, |_| {

@@ -168,7 +168,7 @@ impl ServeConfig {
         let source = if oci.is_some() {
             None
         } else if Source::is_source(&path) {
-            Some(Source::open(&path, &js_toolchains())?)
+            Some(Source::open(&path, &js_toolchains())?.for_reuse(input.reuse_instances > 1))
         } else {
             check_component_file(&path)?;
             None

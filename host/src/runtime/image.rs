@@ -1,40 +1,69 @@
-//! How far a component's initial linear memory reaches: the end of the
-//! furthest data segment of any of its core modules, read from the bytes
-//! without compiling.
+//! What a component's bytes say about how its instances run, read without
+//! compiling: how far its initial linear memory reaches (the end of the
+//! furthest data segment of any core module), and whether its builder
+//! marked it as able to serve many requests per instance.
 //!
 //! A snapshotted runtime (componentize-js's StarlingMonkey, a Wizer
 //! snapshot of ~9 MiB) starts every instance from megabytes of heap and
 //! writes scattered pages all over it, which the engine picks a different
 //! memory pool for (see [`crate::runtime::engine::Memory`]). This module
-//! only measures; it decides nothing.
+//! only reads; it decides nothing.
 
 use wasmparser::{DataKind, Operator, Parser, Payload};
 
-/// The byte just past the furthest active data segment of any core module
-/// in `bytes` (0 when there is none), or `None` if they cannot be parsed.
-/// A segment placed by anything but a constant (an imported global) is
-/// skipped: its place is known only at instantiation.
-pub fn initial_memory_end(bytes: &[u8]) -> Option<u64> {
-    let mut end = 0u64;
+/// The custom section wasm-host's JavaScript builder (`build.mjs --reuse`)
+/// adds to a component whose bundle answers `wasi:http/incoming-handler`
+/// itself, so that one instance can serve request after request.
+pub const REUSE_SECTION: &str = "wasm-host:reuse";
+
+/// What one pass over a component's bytes found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Image {
+    /// The byte just past the furthest active data segment of any core
+    /// module (0 when there is none). A segment placed by anything but a
+    /// constant (an imported global) is skipped: its place is known only
+    /// at instantiation.
+    pub memory_end: u64,
+    /// The component carries [`REUSE_SECTION`].
+    pub built_for_reuse: bool,
+}
+
+/// Reads `bytes` once; `None` if they cannot be parsed.
+pub fn read(bytes: &[u8]) -> Option<Image> {
+    let mut image = Image::default();
     for payload in Parser::new(0).parse_all(bytes) {
-        if let Payload::DataSection(reader) = payload.ok()? {
-            for data in reader {
-                let data = data.ok()?;
-                let DataKind::Active { offset_expr, .. } = data.kind else {
-                    continue;
-                };
-                let offset = match offset_expr.get_operators_reader().read().ok()? {
-                    // Offsets are unsigned; wasm stores them as signed
-                    // immediates.
-                    Operator::I32Const { value } => u64::from(value as u32),
-                    Operator::I64Const { value } => value as u64,
-                    _ => continue,
-                };
-                end = end.max(offset.saturating_add(data.data.len() as u64));
+        match payload.ok()? {
+            Payload::DataSection(reader) => {
+                for data in reader {
+                    let data = data.ok()?;
+                    let DataKind::Active { offset_expr, .. } = data.kind else {
+                        continue;
+                    };
+                    let offset = match offset_expr.get_operators_reader().read().ok()? {
+                        // Offsets are unsigned; wasm stores them as signed
+                        // immediates.
+                        Operator::I32Const { value } => u64::from(value as u32),
+                        Operator::I64Const { value } => value as u64,
+                        _ => continue,
+                    };
+                    image.memory_end = image
+                        .memory_end
+                        .max(offset.saturating_add(data.data.len() as u64));
+                }
             }
+            Payload::CustomSection(section) if section.name() == REUSE_SECTION => {
+                image.built_for_reuse = true;
+            }
+            _ => {}
         }
     }
-    Some(end)
+    Some(image)
+}
+
+/// The byte just past the furthest active data segment, as [`read`] finds.
+#[cfg(test)]
+fn initial_memory_end(bytes: &[u8]) -> Option<u64> {
+    read(bytes).map(|image| image.memory_end)
 }
 
 #[cfg(test)]
@@ -83,6 +112,29 @@ mod tests {
     fn offsets_above_two_gib_are_unsigned() {
         let bytes = module(&[(0x8000_0000, b"z")]);
         assert_eq!(initial_memory_end(&bytes), Some(0x8000_0001));
+    }
+
+    #[test]
+    fn the_reuse_marker_is_found_in_a_component() {
+        let mut component = wasm_encoder::Component::new();
+        component.section(&wasm_encoder::CustomSection {
+            name: REUSE_SECTION.into(),
+            data: b"1".as_slice().into(),
+        });
+        let marked = read(&component.finish()).map(|image| image.built_for_reuse);
+        assert_eq!(marked, Some(true));
+        let plain = read(&wasm_encoder::Component::new().finish());
+        assert_eq!(plain.map(|image| image.built_for_reuse), Some(false));
+        // Another custom section is not the marker.
+        let mut other = wasm_encoder::Component::new();
+        other.section(&wasm_encoder::CustomSection {
+            name: "producers".into(),
+            data: b"".as_slice().into(),
+        });
+        assert_eq!(
+            read(&other.finish()).map(|i| i.built_for_reuse),
+            Some(false)
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod http;
 pub mod image;
 pub mod incremental;
 pub mod lifecycle;
+pub mod limits;
 pub mod outgoing;
 pub mod p2;
 pub mod p3;

@@ -11,7 +11,7 @@ use std::thread;
 
 use wasmtime::{Enabled, PoolingAllocationConfig};
 
-use crate::runtime::image;
+use crate::runtime::image::{self, Image};
 use crate::runtime::world::World;
 
 /// Most memory one engine's pool may hold on the host's behalf after
@@ -134,11 +134,16 @@ impl EngineKey {
     /// [`World::engine_for`]), and for 0.2 the snapshot pool when their
     /// initial memory reaches past [`KEEP_RESIDENT`].
     pub fn for_bytes(bytes: &[u8]) -> EngineKey {
-        match World::engine_for(bytes) {
+        EngineKey::of(World::engine_for(bytes), image::read(bytes).as_ref())
+    }
+
+    /// The engine for a component of `world` whose bytes read as `image`
+    /// (`None`: they could not be read).
+    pub fn of(world: World, image: Option<&Image>) -> EngineKey {
+        match world {
             World::P3 => EngineKey::P3,
             World::P2 => {
-                let large =
-                    image::initial_memory_end(bytes).is_some_and(|end| end > KEEP_RESIDENT as u64);
+                let large = image.is_some_and(|image| image.memory_end > KEEP_RESIDENT as u64);
                 if large {
                     EngineKey::P2_SNAPSHOT
                 } else {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -16,6 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::kv::Keyvalue;
 use crate::kv::guest::KvView;
 use crate::realtime::hub::Hub;
+use crate::runtime::limits::Limits;
 use crate::runtime::outgoing::{OutgoingHooks, OutgoingPolicy};
 use crate::runtime::trace::TraceParent;
 
@@ -52,19 +52,18 @@ pub struct HostState {
     outgoing: OutgoingHooks,
     generation: u64,
     services: Arc<AppServices>,
-    limits: StoreLimits,
+    limits: Limits,
 }
 
 impl HostState {
-    /// Caps each linear memory of this store at `bytes`; the store applies
-    /// it once its limiter points at [`HostState::limits`].
-    pub fn limit_memory(&mut self, bytes: usize) {
-        self.limits = StoreLimitsBuilder::new().memory_size(bytes).build();
+    /// The store's resource limiter, which the store's `limiter` points at.
+    pub fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
     }
 
-    /// The store's resource limits.
-    pub fn limits(&mut self) -> &mut StoreLimits {
-        &mut self.limits
+    /// The size of the store's largest linear memory so far, in bytes.
+    pub fn memory(&self) -> usize {
+        self.limits.memory()
     }
 
     /// State for a store of generation `generation` of an app, whose WASI
@@ -83,7 +82,7 @@ impl HostState {
             outgoing: OutgoingHooks::new(outgoing),
             generation,
             services,
-            limits: StoreLimits::default(),
+            limits: Limits::default(),
         }
     }
 

@@ -61,9 +61,11 @@ impl Stores {
         );
         let mut store = Store::new(&self.engine, state);
         if let Some(bytes) = self.max_memory {
-            store.data_mut().limit_memory(bytes);
-            store.limiter(|state| state.limits());
+            store.data_mut().limits().limit_memory(bytes);
         }
+        // Always installed: it also records how far memory grew, which
+        // instance reuse reads (a call per `memory.grow`, not per request).
+        store.limiter(|state| state.limits());
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store

@@ -20,6 +20,7 @@ use crate::ops::metrics::VersionCounters;
 use crate::runtime::digest::Digest;
 use crate::runtime::engine::{Runtime, Tier};
 use crate::runtime::guest_log::GuestLog;
+use crate::runtime::image;
 use crate::runtime::lifecycle;
 use crate::runtime::outgoing::OutgoingPolicy;
 use crate::runtime::p2::WarmPool;
@@ -142,6 +143,35 @@ pub struct VersionSettings {
     pub config: Arc<[(String, String)]>,
 }
 
+/// A component's bytes, named by their digest, with what one pass over them
+/// found before compiling (see [`image::read`]): which engine compiles it,
+/// and whether its builder made it to serve many requests per instance.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Loadable {
+    /// The component.
+    pub bytes: Arc<[u8]>,
+    /// Their digest.
+    pub digest: Digest,
+    /// The engine it compiles and runs on.
+    pub key: EngineKey,
+    /// It carries [`image::REUSE_SECTION`].
+    pub built_for_reuse: bool,
+}
+
+impl Loadable {
+    /// Reads `bytes` (whose digest is `digest`) once.
+    pub fn new(bytes: Arc<[u8]>, digest: Digest) -> Self {
+        let image = image::read(&bytes);
+        Loadable {
+            key: EngineKey::of(World::engine_for(&bytes), image.as_ref()),
+            built_for_reuse: image.is_some_and(|image| image.built_for_reuse),
+            bytes,
+            digest,
+        }
+    }
+}
+
 /// One loaded, checked version of an app.
 pub struct Version {
     generation: u64,
@@ -151,6 +181,8 @@ pub struct Version {
     /// Its code was read from the on-disk cache rather than compiled.
     from_disk: bool,
     baseline: bool,
+    /// Its builder marked it as able to serve many requests per instance.
+    built_for_reuse: bool,
     linked: Linked,
     settings: VersionSettings,
     stores: Arc<Stores>,
@@ -184,19 +216,24 @@ impl Version {
     /// added to the cache of linked components.
     pub async fn load(
         runtime: &Runtime,
-        bytes: Arc<[u8]>,
-        digest: Digest,
+        component: Loadable,
         generation: u64,
         settings: VersionSettings,
         shared: Shared,
         baseline: bool,
     ) -> Result<Self, LoadError> {
+        let Loadable {
+            bytes,
+            digest,
+            key,
+            built_for_reuse,
+        } = component;
         check_header(&bytes)?;
         let started = Instant::now();
         // Optimized code linked recently wins over compiling anything.
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
-        let tier = runtime.tier(baseline && !cached, EngineKey::for_bytes(&bytes));
+        let tier = runtime.tier(baseline && !cached, key);
         let (linked, from_disk) = match recalled {
             Some(linked) => (linked, false),
             None => {
@@ -217,6 +254,7 @@ impl Version {
             shared,
         );
         version.compile_time = started.elapsed();
+        version.built_for_reuse = built_for_reuse;
         version.cached = cached;
         version.from_disk = from_disk;
         version.open_state().await?;
@@ -228,7 +266,7 @@ impl Version {
     /// compile, only the readiness check (and so the `init` hook) again.
     /// This is what makes a rollback a swap rather than a rebuild.
     pub async fn revive(&self, generation: u64) -> Result<Self, LoadError> {
-        let version = Self::assemble(
+        let mut version = Self::assemble(
             generation,
             self.digest,
             self.stores.engine.clone(),
@@ -240,6 +278,7 @@ impl Version {
                 hub: self.stores.services.hub.clone(),
             },
         );
+        version.built_for_reuse = self.built_for_reuse;
         version.check_ready().await?;
         Ok(version)
     }
@@ -278,6 +317,7 @@ impl Version {
             cached: true,
             from_disk: false,
             baseline,
+            built_for_reuse: false,
             linked,
             warm: WarmPool::new(settings.reuse),
             settings,
@@ -429,6 +469,12 @@ impl Version {
     /// replaced by optimized code when that is ready.
     pub fn is_baseline(&self) -> bool {
         self.baseline
+    }
+
+    /// Whether its builder marked it as able to serve many requests per
+    /// instance (see [`image::REUSE_SECTION`]).
+    pub fn built_for_reuse(&self) -> bool {
+        self.built_for_reuse
     }
 
     /// The name of the tier its code comes from, as status shows it.

@@ -21,6 +21,13 @@ use crate::runtime::state::HostState;
 /// of the pooling allocator, which every version alive shares.
 const MAX_IDLE_INSTANCES: usize = 16;
 
+/// How much a reused instance's memory may grow past its size when it was
+/// made before it is dropped instead of kept: its size again, and at least
+/// this. A long-lived guest heap only grows (a garbage collector's arenas,
+/// a JavaScript engine's caches, handles a guest never drops), and a fresh
+/// instance costs one reset, so an instance that has doubled goes.
+const MIN_MEMORY_GROWTH: usize = 32 << 20;
+
 /// An instance that served a request cleanly and may serve the next one
 /// (instance reuse mode). Never shared across versions: it lives in the
 /// pool of the version that made it.
@@ -31,6 +38,17 @@ pub(crate) struct Warm {
     pub proxy: Proxy,
     /// Requests it has served.
     pub uses: u32,
+    /// The size of its largest memory when it was made, in bytes.
+    pub memory_at_start: usize,
+}
+
+impl Warm {
+    /// Whether its memory has grown past what reuse allows (see
+    /// [`MIN_MEMORY_GROWTH`]).
+    fn outgrown(&self) -> bool {
+        let allowed = self.memory_at_start.max(MIN_MEMORY_GROWTH);
+        self.store.data().memory() > self.memory_at_start.saturating_add(allowed)
+    }
 }
 
 /// The idle instances of one 0.2 version, in reuse mode.
@@ -66,10 +84,19 @@ impl WarmPool {
     }
 
     /// Keeps an instance that served cleanly for the next request, unless
-    /// it has served its share, the pool is full, or `open` is false (the
-    /// version stopped taking requests).
+    /// it has served its share, its memory has outgrown reuse, the pool is
+    /// full, or `open` is false (the version stopped taking requests).
     pub fn give_back(&self, warm: Warm, open: bool) {
         if warm.uses >= self.reuse || !open || self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        if warm.outgrown() {
+            tracing::debug!(
+                uses = warm.uses,
+                memory_at_start = warm.memory_at_start,
+                memory = warm.store.data().memory(),
+                "a reused instance's memory doubled: it is dropped, the next request gets a fresh one"
+            );
             return;
         }
         if let Ok(mut idle) = self.idle.lock()

@@ -60,9 +60,14 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let (mut store, warm_proxy, uses) = match version.warm().take() {
-        Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
-        None => (version.new_store(), None, 0),
+    let (mut store, warm_proxy, uses, memory_at_start) = match version.warm().take() {
+        Some(warm) => (
+            warm.store,
+            Some(warm.proxy),
+            warm.uses,
+            warm.memory_at_start,
+        ),
+        None => (version.new_store(), None, 0, 0),
     };
     // Set for every request, so a reused instance never carries the trace
     // of the request before.
@@ -102,10 +107,13 @@ where
         let version = run_version;
         let _held = (guard, turn);
         let run = async {
-            let proxy = match warm_proxy {
-                Some(proxy) => proxy,
+            let (proxy, memory_at_start) = match warm_proxy {
+                Some(proxy) => (proxy, memory_at_start),
                 None => match version.linked() {
-                    Linked::P2(pre) => pre.instantiate_async(&mut store).await?,
+                    Linked::P2(pre) => {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        (proxy, store.data().memory())
+                    }
                     Linked::P3(_) => wasmtime::bail!("a 0.3 version on the 0.2 path"),
                 },
             };
@@ -113,7 +121,7 @@ where
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await?;
-            Ok::<_, wasmtime::Error>(proxy)
+            Ok::<_, wasmtime::Error>((proxy, memory_at_start))
         };
         let outcome = tokio::select! {
             biased;
@@ -122,7 +130,7 @@ where
         };
         let end = match outcome {
             None => GuestEnd::Forced,
-            Some(Ok(Ok(proxy))) => {
+            Some(Ok(Ok((proxy, memory_at_start)))) => {
                 // Only an instance that returned cleanly after a good answer
                 // may serve again; one that trapped, timed out, was cut off,
                 // reported an error or never answered is dropped, since it
@@ -133,6 +141,7 @@ where
                             store,
                             proxy,
                             uses: uses + 1,
+                            memory_at_start,
                         },
                         version.state().takes_requests(),
                     );
@@ -146,10 +155,13 @@ where
         };
         // A reused instance that fails where a fresh one would not have
         // been tried: reuse goes off for the version, so this is the only
-        // request it costs.
+        // request it costs. A component built for reuse keeps it after a
+        // trap (a bug in one request, which a fresh instance would hit as
+        // well): the instance that trapped is gone, the others serve on.
         if uses > 0 {
             let why = match &end {
                 GuestEnd::Unanswered => Some("it returned without sending a response"),
+                GuestEnd::Failed(_) if version.built_for_reuse() => None,
                 GuestEnd::Failed(_) => Some("it trapped"),
                 _ => None,
             };
