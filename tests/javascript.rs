@@ -3,7 +3,8 @@
 //! tests/support/js-component.sh), precompiled with `wasm-host compile`,
 //! reloaded under load between two builds without a failed request or a
 //! lost `waitUntil` job, and served with instance reuse asked for although
-//! its engine (StarlingMonkey) cannot serve twice.
+//! its engine (StarlingMonkey) cannot serve twice; and examples/js-app built
+//! by `serve DIR` with `--reuse`, one instance serving request after request.
 
 mod support;
 
@@ -375,4 +376,63 @@ async fn the_javascript_sdk_serves_keyvalue_config_hooks_and_work_after_the_resp
     .await;
     assert_eq!(get(&host.addr, "/count").await.unwrap().body, "3\n");
     host.wait_log("init: js-app 1.0.0 generation", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_app_built_for_reuse_serves_request_after_request_on_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = js_app_copy(dir.path());
+    // Asking for reuse makes `serve DIR` build with `--reuse`: the bundle
+    // answers wasi:http/incoming-handler itself.
+    let host = Host::start(&app, &["--reuse-instances", "20", "--keyvalue", "memory"]);
+    let loaded = host.wait_log("version loaded", Duration::from_secs(300));
+    assert!(loaded.contains("built_for_reuse=true"), "{loaded}");
+    // Served first on quickly compiled code; the optimized copy starts with
+    // instances of its own, so count on that one.
+    host.wait_log("version optimized", Duration::from_secs(300));
+
+    // One instance answers in sequence until it has served its 20.
+    let mut seen = Vec::new();
+    for _ in 0..25 {
+        let answer = get(&host.addr, "/seen").await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        seen.push(answer.body.trim().parse::<u32>().unwrap());
+    }
+    let expected: Vec<u32> = (1..=20).chain(1..=5).collect();
+    assert_eq!(seen, expected);
+
+    // Bodies both ways, headers, and a route's status, on a reused instance.
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let echo = support::send_with(
+        &host.addr,
+        "POST",
+        "/echo",
+        &[("content-type", "application/x-test")],
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.headers["content-type"], "application/x-test");
+    assert!(echo.body == big, "the echoed body differs");
+    assert_eq!(get(&host.addr, "/nowhere").await.unwrap().status, 404);
+    // An uncaught error answers 500 with what happened, and the instance
+    // serves on.
+    let boom = get(&host.addr, "/boom").await.unwrap();
+    assert_eq!(boom.status, 500);
+    assert!(
+        boom.body.contains("boom: this route always fails"),
+        "{}",
+        boom.body
+    );
+    // `/seen` counts only itself: the sixth on this instance.
+    let after = get(&host.addr, "/seen").await.unwrap();
+    assert_eq!(after.body, "6\n", "the instance did not serve on");
+    // Work after the response runs to its end on a reused instance too.
+    for _ in 0..3 {
+        let accepted = get(&host.addr, "/work?ms=100").await.unwrap();
+        assert_eq!(accepted.status, 202, "{}", accepted.body);
+    }
+    wait_for_body(&host.addr, "/jobs", "3 jobs done", Duration::from_secs(10)).await;
+    assert!(host.log_lines(&["instance reuse turned off"]).is_empty());
 }

@@ -38,7 +38,13 @@ export async function relabelWit(witIn, depsOut, wasiVersion) {
 
 // The world `js-app`: wasi:http/proxy, the bundle's other WIT imports, and
 // the lifecycle export when the entry module exports `lifecycle`.
-export function generateWorld({ imported, exported, wasiVersion, known }) {
+//
+// With `reuse` (build.mjs --reuse) the world is the same: wasi:http/proxy
+// already exports wasi:http/incoming-handler. What changes is who implements
+// it: the bundle exports `incomingHandler` (reuse.js), and componentize-js,
+// seeing that export name, leaves out StarlingMonkey's fetch-event handler
+// and binds the JS object's `handle` to the world's export instead.
+export function generateWorld({ imported, exported, wasiVersion, known, reuse = false }) {
   const lines = [`    include wasi:http/proxy@${wasiVersion};`];
   const extra = [];
   for (const name of imported.sort()) {
@@ -60,6 +66,9 @@ export function generateWorld({ imported, exported, wasiVersion, known }) {
       extra.push(name.replace(/^wasm-host:app\//, "").replace(/@.*/, ""));
     }
   }
+  if (reuse && !exported.includes("incomingHandler")) {
+    throw new Error("--reuse: the bundle does not export incomingHandler (the reuse adapter is missing from the entry)");
+  }
   const lifecycle = [...known].find((k) => k.startsWith("wasm-host:app/lifecycle@"));
   const exportsLifecycle = exported.includes("lifecycle");
   if (exportsLifecycle) {
@@ -72,5 +81,6 @@ export function generateWorld({ imported, exported, wasiVersion, known }) {
     "\n}\n";
   const parts = [extra.length ? `imports ${extra.join(", ")}` : "wasi:http/proxy only"];
   if (exportsLifecycle) parts.push("exports lifecycle");
+  if (reuse) parts.push("incoming-handler in JS, for instance reuse");
   return { text, summary: parts.join(", ") };
 }

@@ -61,6 +61,13 @@ impl HostState {
         &mut self.limits
     }
 
+    /// Resources the guest holds in the store's table now (requests,
+    /// streams, fields, pollables...). O(table size): for the end of a
+    /// request, not the middle of one.
+    pub fn resources_held(&mut self) -> usize {
+        self.table.iter_mut().count()
+    }
+
     /// The size of the store's largest linear memory so far, in bytes.
     pub fn memory(&self) -> usize {
         self.limits.memory()

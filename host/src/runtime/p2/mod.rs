@@ -28,6 +28,13 @@ const MAX_IDLE_INSTANCES: usize = 16;
 /// instance costs one reset, so an instance that has doubled goes.
 const MIN_MEMORY_GROWTH: usize = 32 << 20;
 
+/// Resources a reused instance may hold in its table between requests
+/// before it is dropped instead of kept. A guest that drops what it made
+/// holds a few dozen; StarlingMonkey's outgoing `fetch` leaves seven
+/// behind per call until its instance ends, which this bounds (host
+/// memory, which the guest's memory limit does not count).
+const MAX_HELD_RESOURCES: usize = 1024;
+
 /// An instance that served a request cleanly and may serve the next one
 /// (instance reuse mode). Never shared across versions: it lives in the
 /// pool of the version that made it.
@@ -43,11 +50,18 @@ pub(crate) struct Warm {
 }
 
 impl Warm {
-    /// Whether its memory has grown past what reuse allows (see
-    /// [`MIN_MEMORY_GROWTH`]).
-    fn outgrown(&self) -> bool {
+    /// Why it should not serve again, if it has outgrown reuse: its memory
+    /// (see [`MIN_MEMORY_GROWTH`]) or the resources it holds (see
+    /// [`MAX_HELD_RESOURCES`]).
+    fn outgrown(&mut self) -> Option<&'static str> {
         let allowed = self.memory_at_start.max(MIN_MEMORY_GROWTH);
-        self.store.data().memory() > self.memory_at_start.saturating_add(allowed)
+        if self.store.data().memory() > self.memory_at_start.saturating_add(allowed) {
+            Some("its memory doubled")
+        } else if self.store.data_mut().resources_held() > MAX_HELD_RESOURCES {
+            Some("it holds too many resources (handles it never dropped)")
+        } else {
+            None
+        }
     }
 }
 
@@ -86,16 +100,17 @@ impl WarmPool {
     /// Keeps an instance that served cleanly for the next request, unless
     /// it has served its share, its memory has outgrown reuse, the pool is
     /// full, or `open` is false (the version stopped taking requests).
-    pub fn give_back(&self, warm: Warm, open: bool) {
+    pub fn give_back(&self, mut warm: Warm, open: bool) {
         if warm.uses >= self.reuse || !open || self.off.load(Ordering::Relaxed) {
             return;
         }
-        if warm.outgrown() {
+        if let Some(why) = warm.outgrown() {
             tracing::debug!(
                 uses = warm.uses,
                 memory_at_start = warm.memory_at_start,
                 memory = warm.store.data().memory(),
-                "a reused instance's memory doubled: it is dropped, the next request gets a fresh one"
+                why,
+                "a reused instance is dropped; the next request gets a fresh one"
             );
             return;
         }
