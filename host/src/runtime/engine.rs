@@ -14,11 +14,16 @@
 //! run on an engine with `concurrency_support(false)`, and only 0.3 ones
 //! pay for what they use.
 //!
+//! Each engine is made the first time a component needs it (the 0.2
+//! engine at start, to find a bad setting there): every engine reserves
+//! its pool's address space and runs an epoch ticker thread, which a host
+//! serving no JavaScript or no 0.3 app never needs.
+//!
 //! This module knows nothing of apps, versions or reloads: it only turns
 //! settings into an engine that can compile and run components.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -94,35 +99,53 @@ pub struct Runtime {
     code: Option<PerEngine<CodeCache>>,
 }
 
-/// One of a thing for each [`EngineKey`]: WASI 0.2 with either memory
-/// pool, and WASI 0.3 (whose instances take many requests each, so their
-/// memory is reset rarely and one pool serves every 0.3 component).
+/// How a [`PerEngine`] makes its thing for a key.
+type Make<T> = dyn Fn(EngineKey) -> Result<T> + Send + Sync;
+
+/// One of a thing for each [`EngineKey`] (WASI 0.2 with either memory
+/// pool, and WASI 0.3, whose instances take many requests each, so their
+/// memory is reset rarely and one pool serves every 0.3 component), each
+/// made on first use. Clones share what was made.
 #[derive(Clone)]
 struct PerEngine<T> {
-    p2: T,
-    p2_snapshot: T,
-    p3: T,
+    made: Arc<[OnceLock<T>; 3]>,
+    /// Held while one is made, so that two loads never make the same one.
+    making: Arc<Mutex<()>>,
+    make: Arc<Make<T>>,
 }
 
 impl<T> PerEngine<T> {
-    fn new(mut make: impl FnMut(EngineKey) -> Result<T>) -> Result<Self> {
-        Ok(Self {
-            p2: make(EngineKey::P2)?,
-            p2_snapshot: make(EngineKey::P2_SNAPSHOT)?,
-            p3: make(EngineKey::P3)?,
-        })
-    }
-
-    fn get(&self, key: EngineKey) -> &T {
-        match (key.world, key.memory) {
-            (World::P2, Memory::Dirty) => &self.p2,
-            (World::P2, Memory::Snapshot) => &self.p2_snapshot,
-            (World::P3, _) => &self.p3,
+    fn new(make: impl Fn(EngineKey) -> Result<T> + Send + Sync + 'static) -> Self {
+        Self {
+            made: Arc::default(),
+            making: Arc::default(),
+            make: Arc::new(make),
         }
     }
 
-    fn all(&self) -> [&T; 3] {
-        [&self.p2, &self.p2_snapshot, &self.p3]
+    /// The thing for `key`, made now if it is not yet. Making an engine
+    /// blocks for a few milliseconds (its linker): control-plane work.
+    fn get(&self, key: EngineKey) -> Result<&T> {
+        let slot = &self.made[match (key.world, key.memory) {
+            (World::P2, Memory::Dirty) => 0,
+            (World::P2, Memory::Snapshot) => 1,
+            (World::P3, _) => 2,
+        }];
+        if let Some(made) = slot.get() {
+            return Ok(made);
+        }
+        let making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.get().is_none() {
+            let _ = slot.set((self.make)(key)?);
+        }
+        drop(making);
+        slot.get()
+            .context("an engine was made but not kept (a bug in wasm-host)")
+    }
+
+    /// What was made so far.
+    fn made(&self) -> impl Iterator<Item = &T> {
+        self.made.iter().filter_map(OnceLock::get)
     }
 }
 
@@ -130,16 +153,16 @@ impl Runtime {
     /// The slots each tier's pooling allocators have in use (all its
     /// engines summed), for metrics.
     pub fn pools(&self) -> Vec<PoolView> {
-        std::iter::once(&self.optimized)
-            .chain(self.baseline.as_ref())
-            .map(|tiers| {
+        std::iter::once((&self.optimized, false))
+            .chain(self.baseline.as_ref().map(|tiers| (tiers, true)))
+            .map(|(tiers, baseline)| {
                 let mut view = PoolView {
-                    tier: tier_name(tiers.p2.is_baseline()),
+                    tier: tier_name(baseline),
                     core_instances: 0,
                     memories: 0,
                     tables: 0,
                 };
-                for tier in tiers.all() {
+                for tier in tiers.made() {
                     if let Some(pool) = tier.engine().pooling_allocator_metrics() {
                         view.core_instances += pool.core_instances();
                         view.memories += pool.memories();
@@ -151,10 +174,12 @@ impl Runtime {
             .collect()
     }
 
-    /// Builds the engines (pooling allocator, epoch interruption; Cranelift,
-    /// plus Winch for quick first code) and their linkers holding all of
-    /// WASI 0.2 and 0.3 plus wasi:http of both, then starts the epoch
-    /// tickers.
+    /// Sets up the engines (pooling allocator, epoch interruption;
+    /// Cranelift, plus Winch for quick first code) and their linkers
+    /// holding all of WASI 0.2 (and 0.3 on the 0.3 engine) plus wasi:http,
+    /// each with its epoch ticker. Only the optimized 0.2 engine is made
+    /// now, so that a setting no engine can take fails here; the others
+    /// are made on first use.
     pub fn new(settings: &EngineSettings) -> Result<Self> {
         let tiers = if settings.baseline_above.is_some() {
             2
@@ -175,26 +200,22 @@ impl Runtime {
             },
             None => None,
         };
-        let both = |strategy| -> Result<PerEngine<Tier>> {
+        let both = |strategy| -> PerEngine<Tier> {
             let incremental = incremental
                 .clone()
                 .filter(|_| strategy == Strategy::Cranelift);
-            PerEngine::new(|key| Tier::new(settings, strategy, budget, key, incremental.clone()))
+            let settings = settings.clone();
+            PerEngine::new(move |key| {
+                Tier::new(&settings, strategy, budget, key, incremental.clone())
+            })
         };
-        let optimized = both(Strategy::Cranelift)?;
-        let baseline = match settings.baseline_above {
-            Some(_) => Some(both(Strategy::Winch)?),
-            None => None,
-        };
-        let code = match &settings.cache_dir {
-            Some(dir) => Some(PerEngine::new(|key| {
-                Ok(CodeCache::new(
-                    &dir.join("code"),
-                    &optimized.get(key).engine,
-                ))
-            })?),
-            None => None,
-        };
+        let optimized = both(Strategy::Cranelift);
+        optimized.get(EngineKey::P2)?;
+        let baseline = settings.baseline_above.map(|_| both(Strategy::Winch));
+        let code = settings.cache_dir.as_ref().map(|dir| {
+            let (dir, optimized) = (dir.join("code"), optimized.clone());
+            PerEngine::new(move |key| Ok(CodeCache::new(&dir, &optimized.get(key)?.engine)))
+        });
         Ok(Self {
             optimized,
             baseline,
@@ -215,20 +236,21 @@ impl Runtime {
     }
 
     fn optimized_is_on_disk(&self, digest: Digest, key: EngineKey) -> bool {
-        self.code
-            .as_ref()
-            .is_some_and(|code| code.get(key).contains(digest))
+        self.code_cache(key)
+            .is_some_and(|code| code.contains(digest))
     }
 
     /// The on-disk cache of optimized code for `key`'s engine, if there
-    /// is one.
+    /// is one (and its engine could be made: if not, [`Runtime::tier`]
+    /// says why).
     pub fn code_cache(&self, key: EngineKey) -> Option<&CodeCache> {
-        self.code.as_ref().map(|code| code.get(key))
+        self.code.as_ref().and_then(|code| code.get(key).ok())
     }
 
     /// The tier that compiles with Winch (fast to compile, slower code) or
-    /// with Cranelift (optimized code), for components of `key`.
-    pub fn tier(&self, baseline: bool, key: EngineKey) -> &Tier {
+    /// with Cranelift (optimized code), for components of `key`; made now
+    /// if no component needed it before.
+    pub fn tier(&self, baseline: bool, key: EngineKey) -> Result<&Tier> {
         match (&self.baseline, baseline) {
             (Some(tiers), true) => tiers.get(key),
             _ => self.optimized.get(key),
@@ -487,5 +509,27 @@ fn start_epoch_ticker(engine: &Engine) {
         // Without the ticker no deadline fires; say so loudly but keep
         // serving, since requests still complete normally.
         tracing::error!(error = %e, "could not start the epoch ticker; request timeouts will not fire");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_are_made_on_first_use_and_then_shared() {
+        let runtime = Runtime::new(&EngineSettings::default()).unwrap();
+        // The 0.2 engine at start, to find a bad setting there; no other.
+        assert_eq!(runtime.optimized.made().count(), 1);
+        let p3 = runtime.tier(false, EngineKey::P3).unwrap();
+        assert_eq!(p3.world(), World::P3);
+        assert_eq!(runtime.optimized.made().count(), 2);
+        let again = runtime.tier(false, EngineKey::P3).unwrap();
+        assert!(Engine::same(p3.engine(), again.engine()));
+        // A clone shares what was made.
+        let clone = runtime.clone();
+        let snapshot = clone.tier(false, EngineKey::P2_SNAPSHOT).unwrap();
+        assert_eq!(snapshot.key(), EngineKey::P2_SNAPSHOT);
+        assert_eq!(runtime.optimized.made().count(), 3);
     }
 }

@@ -52,7 +52,10 @@ pub async fn precompile(
         return Err(PrecompileError::NoCache);
     }
     let started = Instant::now();
-    let (_, from_disk) = version::link(runtime, runtime.tier(false, key), bytes, digest).await?;
+    let tier = runtime
+        .tier(false, key)
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    let (_, from_disk) = version::link(runtime, tier, bytes, digest).await?;
     Ok(Precompiled {
         digest,
         world: key.world,

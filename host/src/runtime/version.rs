@@ -57,6 +57,9 @@ pub enum LoadError {
     /// An import the host does not provide, or another link failure.
     #[error("the component cannot be linked: {0}")]
     Link(String),
+    /// The engine its world and memory need could not be made.
+    #[error("the host could not set up the engine this component runs on: {0}")]
+    Engine(String),
     /// Instantiation trapped or failed.
     #[error("the component failed its readiness check: {0}")]
     NotReady(String),
@@ -233,7 +236,9 @@ impl Version {
         // Optimized code linked recently wins over compiling anything.
         let recalled = runtime.recall(digest);
         let cached = recalled.is_some();
-        let tier = runtime.tier(baseline && !cached, key);
+        let tier = runtime
+            .tier(baseline && !cached, key)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let (linked, from_disk) = match recalled {
             Some(linked) => (linked, false),
             None => {
