@@ -396,6 +396,57 @@ async fn a_component_that_cannot_serve_twice_costs_one_request_then_reuse_goes_o
     );
 }
 
+/// The faulty example, with the custom section `build.mjs --reuse` ends a
+/// component with (id 0, size, name, payload) when `marked`.
+fn faulty(dir: &std::path::Path, marked: bool) -> std::path::PathBuf {
+    let mut bytes = support::example("faulty");
+    if marked {
+        let name = b"wasm-host:reuse";
+        bytes.extend([0, (1 + name.len() + 1) as u8, name.len() as u8]);
+        bytes.extend(name);
+        bytes.push(b'1');
+    }
+    let app = dir.join("faulty.wasm");
+    std::fs::write(&app, bytes).unwrap();
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_on_a_reused_instance_drops_only_that_instance_when_built_for_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &faulty(dir.path(), true),
+        &["--no-watch", "--reuse-instances", "10"],
+    );
+    let loaded = host.wait_log("version loaded", Duration::from_secs(10));
+    assert!(loaded.contains("built_for_reuse=true"), "{loaded}");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 2\n");
+    assert_eq!(get(&host.addr, "/trap").await.unwrap().status, 500);
+    // The instance that trapped is gone; the next one is fresh and is
+    // reused in turn.
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 2\n");
+    assert!(host.log_lines(&["instance reuse turned off"]).is_empty());
+    assert_eq!(
+        host.status_json()["apps"][0]["versions"][0]["reuse_off"],
+        false
+    );
+
+    // Without the mark, the same trap on a reused instance turns reuse off.
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &faulty(dir.path(), false),
+        &["--no-watch", "--reuse-instances", "10"],
+    );
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+    assert_eq!(get(&host.addr, "/trap").await.unwrap().status, 500);
+    let off = host.wait_log("instance reuse turned off", Duration::from_secs(5));
+    assert!(off.contains("it trapped"), "{off}");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_pauses_accepts_without_flooding_the_log() {
     let dir = tempfile::tempdir().unwrap();
