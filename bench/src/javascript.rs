@@ -241,7 +241,7 @@ pub fn measure(opts: &Options, tools: &Tools, repo: &Path) -> Result<Javascript>
     let mut runs: Vec<(&'static str, Vec<Run>)> = names.iter().map(|n| (*n, vec![])).collect();
     for round in 0..opts.rounds {
         for i in 0..names.len() {
-            // Alternate the order so neither always runs on a warmer machine.
+            // Rotate the order so no server always runs on a warmer machine.
             let at = (i + round) % names.len();
             let run = if names[at] == HOST {
                 let server = host(tools, &builds[0], &[])?;

@@ -1,20 +1,22 @@
 //! The resource limiter of one store: the app's memory limit per linear
 //! memory (`max_memory`), and a record of how large the store's memories
-//! have grown, which decides when a reused instance has grown enough to be
-//! replaced by a fresh one.
+//! were made and have grown, which decides when a reused instance has
+//! grown enough to be replaced by a fresh one.
 //!
 //! It limits and measures; it never drops or resets an instance itself.
 
 use wasmtime::{ResourceLimiter, Result};
 
 /// A store's limiter. Wasmtime reports each memory's initial size as a
-/// growth from zero, so [`Limits::memory`] covers the instance's start too.
+/// growth from zero, which is how [`Limits::memory_at_start`] knows it.
 #[derive(Debug, Default)]
 pub struct Limits {
     /// The largest a linear memory may grow, if the app sets a limit.
     max_memory: Option<usize>,
     /// The size of the largest memory seen so far, in bytes.
     memory: usize,
+    /// The initial size of the largest memory made, in bytes.
+    at_start: usize,
 }
 
 impl Limits {
@@ -28,12 +30,17 @@ impl Limits {
     pub fn memory(&self) -> usize {
         self.memory
     }
+
+    /// The initial size of the store's largest linear memory, in bytes.
+    pub fn memory_at_start(&self) -> usize {
+        self.at_start
+    }
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> Result<bool> {
@@ -41,6 +48,9 @@ impl ResourceLimiter for Limits {
             // The guest's `memory.grow` returns -1, as it would at the
             // memory's own maximum: the guest decides what to do.
             return Ok(false);
+        }
+        if current == 0 {
+            self.at_start = self.at_start.max(desired);
         }
         self.memory = self.memory.max(desired);
         Ok(true)
@@ -76,5 +86,7 @@ mod tests {
         assert!(limits.memory_growing(0, 1 << 20, None).unwrap());
         assert!(limits.memory_growing(9 << 20, 12 << 20, None).unwrap());
         assert_eq!(limits.memory(), 12 << 20);
+        // Made at 9 MiB (the largest of the two made), grown since.
+        assert_eq!(limits.memory_at_start(), 9 << 20);
     }
 }

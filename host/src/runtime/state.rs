@@ -56,7 +56,8 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// The store's resource limiter, which the store's `limiter` points at.
+    /// The store's resource limiter, which the store's `limiter` points at
+    /// and which records how large its memories were made and grew.
     pub fn limits(&mut self) -> &mut Limits {
         &mut self.limits
     }
@@ -66,11 +67,6 @@ impl HostState {
     /// request, not the middle of one.
     pub fn resources_held(&mut self) -> usize {
         self.table.iter_mut().count()
-    }
-
-    /// The size of the store's largest linear memory so far, in bytes.
-    pub fn memory(&self) -> usize {
-        self.limits.memory()
     }
 
     /// State for a store of generation `generation` of an app, whose WASI

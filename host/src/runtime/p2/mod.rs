@@ -45,8 +45,6 @@ pub(crate) struct Warm {
     pub proxy: Proxy,
     /// Requests it has served.
     pub uses: u32,
-    /// The size of its largest memory when it was made, in bytes.
-    pub memory_at_start: usize,
 }
 
 impl Warm {
@@ -54,8 +52,10 @@ impl Warm {
     /// (see [`MIN_MEMORY_GROWTH`]) or the resources it holds (see
     /// [`MAX_HELD_RESOURCES`]).
     fn outgrown(&mut self) -> Option<&'static str> {
-        let allowed = self.memory_at_start.max(MIN_MEMORY_GROWTH);
-        if self.store.data().memory() > self.memory_at_start.saturating_add(allowed) {
+        let memory = self.store.data_mut().limits();
+        let at_start = memory.memory_at_start();
+        let allowed = at_start.max(MIN_MEMORY_GROWTH);
+        if memory.memory() > at_start.saturating_add(allowed) {
             Some("its memory doubled")
         } else if self.store.data_mut().resources_held() > MAX_HELD_RESOURCES {
             Some("it holds too many resources (handles it never dropped)")
@@ -105,10 +105,11 @@ impl WarmPool {
             return;
         }
         if let Some(why) = warm.outgrown() {
+            let memory = warm.store.data_mut().limits();
             tracing::debug!(
                 uses = warm.uses,
-                memory_at_start = warm.memory_at_start,
-                memory = warm.store.data().memory(),
+                memory_at_start = memory.memory_at_start(),
+                memory = memory.memory(),
                 why,
                 "a reused instance is dropped; the next request gets a fresh one"
             );

@@ -60,14 +60,9 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let (mut store, warm_proxy, uses, memory_at_start) = match version.warm().take() {
-        Some(warm) => (
-            warm.store,
-            Some(warm.proxy),
-            warm.uses,
-            warm.memory_at_start,
-        ),
-        None => (version.new_store(), None, 0, 0),
+    let (mut store, warm_proxy, uses) = match version.warm().take() {
+        Some(warm) => (warm.store, Some(warm.proxy), warm.uses),
+        None => (version.new_store(), None, 0),
     };
     // Set for every request, so a reused instance never carries the trace
     // of the request before.
@@ -107,13 +102,10 @@ where
         let version = run_version;
         let _held = (guard, turn);
         let run = async {
-            let (proxy, memory_at_start) = match warm_proxy {
-                Some(proxy) => (proxy, memory_at_start),
+            let proxy = match warm_proxy {
+                Some(proxy) => proxy,
                 None => match version.linked() {
-                    Linked::P2(pre) => {
-                        let proxy = pre.instantiate_async(&mut store).await?;
-                        (proxy, store.data().memory())
-                    }
+                    Linked::P2(pre) => pre.instantiate_async(&mut store).await?,
                     Linked::P3(_) => wasmtime::bail!("a 0.3 version on the 0.2 path"),
                 },
             };
@@ -121,7 +113,7 @@ where
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await?;
-            Ok::<_, wasmtime::Error>((proxy, memory_at_start))
+            Ok::<_, wasmtime::Error>(proxy)
         };
         let outcome = tokio::select! {
             biased;
@@ -130,7 +122,7 @@ where
         };
         let end = match outcome {
             None => GuestEnd::Forced,
-            Some(Ok(Ok((proxy, memory_at_start)))) => {
+            Some(Ok(Ok(proxy))) => {
                 // Only an instance that returned cleanly after a good answer
                 // may serve again; one that trapped, timed out, was cut off,
                 // reported an error or never answered is dropped, since it
@@ -141,7 +133,6 @@ where
                             store,
                             proxy,
                             uses: uses + 1,
-                            memory_at_start,
                         },
                         version.state().takes_requests(),
                     );
