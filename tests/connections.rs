@@ -412,7 +412,7 @@ fn faulty(dir: &std::path::Path, marked: bool) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trap_on_a_reused_instance_drops_only_that_instance_when_built_for_reuse() {
+async fn a_reused_instance_that_traps_or_keeps_growing_is_dropped_alone_when_built_for_reuse() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(
         &faulty(dir.path(), true),
@@ -432,6 +432,11 @@ async fn a_trap_on_a_reused_instance_drops_only_that_instance_when_built_for_reu
         host.status_json()["apps"][0]["versions"][0]["reuse_off"],
         false
     );
+    // An instance whose memory grew for good (48 MiB past a start of a few)
+    // is not kept: the next request gets a fresh one.
+    assert_eq!(get(&host.addr, "/hoard").await.unwrap().status, 200);
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 1\n");
+    assert_eq!(get(&host.addr, "/count").await.unwrap().body, "count 2\n");
 
     // Without the mark, the same trap on a reused instance turns reuse off.
     let dir = tempfile::tempdir().unwrap();

@@ -8,13 +8,19 @@
 //!   fresh stderr handle (as some WASI bindings do per write), then answers;
 //! - `/count`: answers how many requests this instance has served, which
 //!   shows whether the host reuses instances;
+//! - `/hoard`: keeps 48 MiB for the rest of the instance's life, then
+//!   answers (an instance whose memory grows for good);
 //! - anything else: answers with the version.
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use wstd::http::{Body, Error, Request, Response};
 
 /// Requests this instance has handled.
 static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+/// What `/hoard` keeps.
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
@@ -38,6 +44,11 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         "/log" => {
             println!("faulty says hello on stdout");
             eprintln!("faulty says hello on stderr");
+        }
+        "/hoard" => {
+            if let Ok(mut hoard) = HOARD.lock() {
+                hoard.push(vec![1u8; 48 << 20]);
+            }
         }
         "/split-log" => {
             for piece in ["faulty writes ", "one line ", "in three pieces\n"] {
