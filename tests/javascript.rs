@@ -289,6 +289,17 @@ fn js_app_copy(dir: &std::path::Path) -> PathBuf {
     app
 }
 
+/// js-app's `/boom` answers 500 with the error's message.
+async fn boom_says_what_happened(addr: &str) {
+    let boom = get(addr, "/boom").await.unwrap();
+    assert_eq!(boom.status, 500);
+    assert!(
+        boom.body.contains("boom: this route always fails"),
+        "{}",
+        boom.body
+    );
+}
+
 fn write_shop_config(
     file: &std::path::Path,
     listen: &str,
@@ -333,13 +344,7 @@ async fn the_javascript_sdk_serves_keyvalue_config_hooks_and_work_after_the_resp
     wait_for_body(&host.addr, "/jobs", "1 jobs done", Duration::from_secs(10)).await;
     host.wait_log("job done: 200 ms", Duration::from_secs(5));
     // An uncaught error answers 500 saying what it was.
-    let boom = get(&host.addr, "/boom").await.unwrap();
-    assert_eq!(boom.status, 500);
-    assert!(
-        boom.body.contains("boom: this route always fails"),
-        "{}",
-        boom.body
-    );
+    boom_says_what_happened(&host.addr).await;
 
     // The init hook refuses a version: the reload says why, generation 1
     // keeps serving.
@@ -418,13 +423,7 @@ async fn a_javascript_app_built_for_reuse_serves_request_after_request_on_one_in
     assert_eq!(get(&host.addr, "/nowhere").await.unwrap().status, 404);
     // An uncaught error answers 500 with what happened, and the instance
     // serves on.
-    let boom = get(&host.addr, "/boom").await.unwrap();
-    assert_eq!(boom.status, 500);
-    assert!(
-        boom.body.contains("boom: this route always fails"),
-        "{}",
-        boom.body
-    );
+    boom_says_what_happened(&host.addr).await;
     // `/seen` counts only itself: the sixth on this instance.
     let after = get(&host.addr, "/seen").await.unwrap();
     assert_eq!(after.body, "6\n", "the instance did not serve on");
