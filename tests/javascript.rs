@@ -420,6 +420,11 @@ async fn a_javascript_app_built_for_reuse_serves_request_after_request_on_one_in
     assert_eq!(echo.status, 200);
     assert_eq!(echo.headers["content-type"], "application/x-test");
     assert!(echo.body == big, "the echoed body differs");
+    // A body given as a stream is read chunk by chunk (a string or bytes
+    // are written as they were given).
+    let streamed = get(&host.addr, "/stream").await.unwrap();
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.body, "chunk 0\nchunk 1\nchunk 2\n");
     assert_eq!(get(&host.addr, "/nowhere").await.unwrap().status, 404);
     // An uncaught error answers 500 with what happened, and the instance
     // serves on.

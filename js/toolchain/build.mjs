@@ -38,6 +38,7 @@ import { appendFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } fro
 import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { trimGeneratedBindings } from "./bindings.mjs";
 import { bundleMapper, stackTable } from "./sourcemap.mjs";
 import { generateWorld, relabelWit } from "./world.mjs";
 
@@ -296,6 +297,7 @@ await appendFile(
 _setPreopens({ [witDir]: witDir });
 // Stack traces name the source relative to the working directory: "bundle.js".
 process.chdir(workDir);
+await trimGeneratedBindings((message) => console.warn(`build.mjs: ${message}`));
 let component;
 try {
   ({ component } = await componentize({

@@ -202,11 +202,16 @@ function guard(listener) {
   };
 }
 
+// Built for reuse, the adapter (reuse.js, which ran first) guards each
+// listener and checks its answer itself: a second guard here would only add
+// promise hops to every request.
+const adapterGuards = globalThis[Symbol.for("wasm-host.reuse")] !== undefined;
+
 if (typeof realAddEventListener === "function") {
   globalThis.addEventListener = function addEventListener(type, listener, options) {
     if (type === "fetch" && listener) {
       fetchListeners++;
-      return realAddEventListener.call(this, type, guard(listener), options);
+      return realAddEventListener.call(this, type, adapterGuards ? listener : guard(listener), options);
     }
     return realAddEventListener.call(this, type, listener, options);
   };

@@ -245,6 +245,40 @@ function dispatch(request) {
   return { event, state };
 }
 
+// --- Response bodies known when the response was made ------------------------------
+// Most answers are made with a string (Hono's c.text, c.json, c.html) or
+// bytes. Reading such a body back through its ReadableStream (a reader, a
+// read per chunk, a promise each) cost more than writing it out, so the
+// global Response records the body it was given, and `send` writes that
+// directly. A body of any other kind (a stream, a Blob, form data), and a
+// response from fetch(), go through the stream as before.
+const NativeResponse = globalThis.Response;
+const knownBodies = new WeakMap();
+const EMPTY = new Uint8Array(0);
+
+function knownBody(body) {
+  if (body === null || body === undefined) return EMPTY;
+  if (typeof body === "string") return body;
+  // Bytes are copied, as the fetch standard does: the app may reuse its
+  // buffer once the Response is made.
+  if (body instanceof ArrayBuffer) return new Uint8Array(body.slice(0));
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength));
+  return undefined;
+}
+
+class Response extends NativeResponse {
+  constructor(body, init) {
+    super(body, init);
+    const known = knownBody(body);
+    if (known !== undefined) knownBodies.set(this, known);
+  }
+  // A response made elsewhere (fetch(), Response.json()) is a Response too.
+  static [Symbol.hasInstance](value) {
+    return value instanceof NativeResponse;
+  }
+}
+globalThis.Response = Response;
+
 // --- The incoming request as a web Request ---------------------------------------
 function latin1(bytes) {
   let text = "";
@@ -394,9 +428,18 @@ function chunkBytes(chunk) {
   throw new TypeError(`the response body gave a chunk that is not bytes (${typeof chunk})`);
 }
 
-// Writes all of `bytes` as the output-stream allows (check-write), waiting
-// on its pollable when it allows nothing.
+// Bytes one blocking-write-and-flush may take (the WASI limit).
+const ONE_WRITE = 4096;
+
+// Writes all of `bytes` and flushes them. A small chunk (most answers) goes
+// in one call: every WASI call costs microseconds of binding code run by
+// the interpreter. A larger one is written as the output-stream allows
+// (check-write), waiting on its pollable when it allows nothing.
 function writeAll(out, bytes) {
+  if (bytes.length <= ONE_WRITE) {
+    out.blockingWriteAndFlush(bytes);
+    return;
+  }
   let offset = 0;
   while (offset < bytes.length) {
     const allowed = Number(out.checkWrite());
@@ -413,6 +456,7 @@ function writeAll(out, bytes) {
     out.write(offset === 0 && end === bytes.length ? bytes : bytes.subarray(offset, end));
     offset = end;
   }
+  out.blockingFlush();
 }
 
 // Sets the answer (the host sends its head now), then writes its body.
@@ -420,11 +464,11 @@ function writeAll(out, bytes) {
 // an answer to HEAD is written too, as StarlingMonkey's fetch event does:
 // the host checks it against content-length and sends none of it.
 async function send(response, outparam, answer, beforeFinish) {
-  const stream = response.body;
   const outgoing = new OutgoingResponse(toFields(response.headers));
   let body;
   try {
-    outgoing.setStatusCode(response.status);
+    // 200 is the outgoing-response's own (one WASI call less).
+    if (response.status !== 200) outgoing.setStatusCode(response.status);
     body = outgoing.body();
   } catch (err) {
     drop(outgoing);
@@ -437,15 +481,18 @@ async function send(response, outparam, answer, beforeFinish) {
   let reader = null;
   let failed = null;
   try {
-    if (stream) {
-      reader = stream.getReader();
+    const known = response.bodyUsed ? undefined : knownBodies.get(response);
+    if (known !== undefined) {
+      const bytes = typeof known === "string" ? encoder.encode(known) : known;
+      if (bytes.length > 0) writeAll(out, bytes);
+    } else if (response.body) {
+      reader = response.body.getReader();
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
         const bytes = chunkBytes(value);
         if (bytes.length === 0) continue;
         writeAll(out, bytes);
-        out.blockingFlush();
       }
     }
   } catch (err) {

@@ -85,6 +85,19 @@ app.post("/echo", async (c) => {
   return c.body(body, 200, { "content-type": c.req.header("content-type") ?? "application/octet-stream" });
 });
 
+// A body made while it is sent, one chunk per pull.
+app.get("/stream", () => {
+  const encoder = new TextEncoder();
+  let sent = 0;
+  const body = new ReadableStream({
+    pull(controller) {
+      if (sent < 3) controller.enqueue(encoder.encode(`chunk ${sent++}\n`));
+      else controller.close();
+    },
+  });
+  return new Response(body, { headers: { "content-type": "text/plain; charset=utf-8" } });
+});
+
 // Module state lives as long as the instance: one request, or many in reuse.
 let seen = 0;
 app.get("/seen", (c) => c.text(`${(seen += 1)}\n`));
