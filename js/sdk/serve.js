@@ -65,11 +65,36 @@ export function waitUntil(promise) {
   );
 }
 
+// Settles once the handler of `request` has produced its response; made
+// only when afterResponse asks, so a request that does not ask pays for no
+// promise.
+function answeredOf(request) {
+  if (!request) return new Promise((resolve) => setTimeout(resolve, 0));
+  if (request.answered) return Promise.resolve();
+  return (request.waiting ??= new Promise((resolve) => (request.settle = resolve)));
+}
+
+function markAnswered(request) {
+  request.answered = true;
+  request.settle?.();
+}
+
+function isThenable(value) {
+  return value !== null && (typeof value === "object" || typeof value === "function") && typeof value.then === "function";
+}
+
 /** Runs `fn` once the handler has produced its response; the host waits for it. */
 export function afterResponse(fn) {
-  const answered = current?.answered ?? new Promise((resolve) => setTimeout(resolve, 0));
-  waitUntil(answered.then(() => fn()));
+  waitUntil(answeredOf(current).then(() => fn()));
 }
+
+// What a handler gets as its context (the same for every request: its
+// functions find the request in progress themselves).
+const CONTEXT = Object.freeze({
+  waitUntil,
+  afterResponse,
+  passThroughOnException() {},
+});
 
 /**
  * Serves requests with `handler`: a function `(request, ctx) => Response`
@@ -89,20 +114,23 @@ export function serve(handler) {
   // router) while the build snapshots the engine.
   (globalThis[SERVED_KEY] ??= []).push(handler);
   addEventListener("fetch", (event) => {
-    let settle;
-    current = { event, answered: new Promise((resolve) => (settle = resolve)) };
-    const ctx = {
-      waitUntil,
-      afterResponse,
-      passThroughOnException() {},
-    };
+    const request = { event, answered: false, waiting: null, settle: null };
+    current = request;
     let answer;
     try {
-      answer = Promise.resolve(call(event.request, ctx)).then(asResponse, errorResponse);
+      answer = call(event.request, CONTEXT);
     } catch (err) {
-      answer = Promise.resolve(errorResponse(err));
+      answer = errorResponse(err);
     }
-    answer.then(() => settle());
+    // A Response given at once is handed on at once: an app built for
+    // reuse then answers without a turn of the event loop.
+    if (isThenable(answer)) {
+      answer = Promise.resolve(answer).then(asResponse, errorResponse);
+      answer.then(() => markAnswered(request));
+    } else {
+      answer = asResponse(answer);
+      markAnswered(request);
+    }
     event.respondWith(answer);
   });
 }

@@ -15,11 +15,13 @@
 //    prelude and the app run; the SDK's serve() and the prelude's default
 //    export with `fetch` register one too), with respondWith and waitUntil;
 // 3. sets the response-outparam as soon as the answer is there (the host
-//    sends it then), and writes its body with check-write/write, then
-//    finishes the outgoing-body;
+//    sends it then), writes its body (a string or bytes as given, a stream
+//    chunk by chunk), then finishes the outgoing-body;
 // 4. waits for every promise given to waitUntil, and only then returns: the
 //    host counts what follows the answer as the request's background work;
 // 5. drops every handle it made, in child-before-parent order.
+//
+// The usual request runs to its end without a promise (see `handle`).
 //
 // Nothing may escape `handle`: componentize-js awaits the promise an export
 // returns, running the event loop until it settles, and traps on a rejection.
@@ -188,8 +190,10 @@ class FetchEvent {
   respondWith(answer) {
     const state = this.#state;
     if (!state.dispatching) throw invalidState("respondWith must be called while the fetch event is dispatched");
-    if (state.answer) throw invalidState("respondWith was already called for this request");
-    state.answer = Promise.resolve(answer);
+    if (state.answered) throw invalidState("respondWith was already called for this request");
+    state.answered = true;
+    // Kept as given: a Response answers without waiting for a promise.
+    state.answer = answer;
   }
   waitUntil(promise) {
     const state = this.#state;
@@ -209,7 +213,7 @@ class FetchEvent {
 }
 
 function dispatch(request) {
-  const state = { dispatching: true, answer: null, pending: [], done: false, stopped: false };
+  const state = { dispatching: true, answered: false, answer: undefined, pending: [], done: false, stopped: false };
   const event = new FetchEvent(request, state);
   globalThis[EVENT_KEY] = event;
   try {
@@ -221,10 +225,11 @@ function dispatch(request) {
           listener.handleEvent(event);
         }
       } catch (err) {
-        if (state.answer) {
+        if (state.answered) {
           logError("the fetch listener after it answered", err);
         } else {
-          state.answer = Promise.resolve(errorResponse(err));
+          state.answered = true;
+          state.answer = errorResponse(err);
         }
       }
       if (state.stopped) break;
@@ -232,15 +237,15 @@ function dispatch(request) {
   } finally {
     state.dispatching = false;
   }
-  if (!state.answer) {
-    state.answer = Promise.resolve(
+  if (!state.answered) {
+    state.answered = true;
+    state.answer =
       listeners.length === 0
         ? new Response("500 Internal Server Error\n\nno fetch handler: the app registered none (serve(), export default { fetch }, or addEventListener(\"fetch\", ...))\n", {
             status: 500,
             headers: { "content-type": "text/plain; charset=utf-8" },
           })
-        : errorResponse(new Error("no fetch listener called event.respondWith")),
-    );
+        : errorResponse(new Error("no fetch listener called event.respondWith"));
   }
   return { event, state };
 }
@@ -459,11 +464,14 @@ function writeAll(out, bytes) {
   out.blockingFlush();
 }
 
-// Sets the answer (the host sends its head now), then writes its body.
-// Returns once the body is finished (or the client went away). The body of
-// an answer to HEAD is written too, as StarlingMonkey's fetch event does:
-// the host checks it against content-length and sends none of it.
-async function send(response, outparam, answer, beforeFinish) {
+// Sets the answer (the host sends its head now), then writes its body. A
+// body known when the response was made (or none) is written at once and
+// `send` returns nothing; a stream is read chunk by chunk and `send`
+// returns a promise of its end. Either way the body is finished (or cut
+// short when the client went away). The body of an answer to HEAD is
+// written too, as StarlingMonkey's fetch event does: the host checks it
+// against content-length and sends none of it.
+function send(response, outparam, answer, beforeFinish) {
   const outgoing = new OutgoingResponse(toFields(response.headers));
   let body;
   try {
@@ -478,32 +486,45 @@ async function send(response, outparam, answer, beforeFinish) {
   ResponseOutparam.set(outparam, { tag: "ok", val: outgoing });
 
   const out = body.write();
+  const known = response.bodyUsed ? undefined : knownBodies.get(response);
+  if (known === undefined && response.body) return pipe(response.body, body, out, beforeFinish);
+  let failed = null;
+  try {
+    const bytes = known === undefined ? EMPTY : typeof known === "string" ? encoder.encode(known) : known;
+    if (bytes.length > 0) writeAll(out, bytes);
+  } catch (err) {
+    failed = err;
+  } finally {
+    drop(out);
+  }
+  endBody(body, failed, null, beforeFinish);
+}
+
+async function pipe(stream, body, out, beforeFinish) {
   let reader = null;
   let failed = null;
   try {
-    const known = response.bodyUsed ? undefined : knownBodies.get(response);
-    if (known !== undefined) {
-      const bytes = typeof known === "string" ? encoder.encode(known) : known;
-      if (bytes.length > 0) writeAll(out, bytes);
-    } else if (response.body) {
-      reader = response.body.getReader();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        const bytes = chunkBytes(value);
-        if (bytes.length === 0) continue;
-        writeAll(out, bytes);
-      }
+    reader = stream.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const bytes = chunkBytes(value);
+      if (bytes.length === 0) continue;
+      writeAll(out, bytes);
     }
   } catch (err) {
     failed = err;
   } finally {
     drop(out);
   }
+  endBody(body, failed, reader, beforeFinish);
+}
+
+// Ends the outgoing body: finished when all of it was written, else
+// dropped unfinished (the host reports the response as cut short), and the
+// app's stream is told.
+function endBody(body, failed, reader, beforeFinish) {
   if (failed) {
-    // The app's stream failed, or the client went away: the response ends
-    // short (the body is dropped unfinished, which the host reports as an
-    // error), and the app's stream is told.
     reader?.cancel(failed).catch(() => {});
     drop(body);
     if (failed?.payload) {
@@ -540,65 +561,117 @@ function sendBare500(outparam) {
 // --- The export --------------------------------------------------------------------
 let served = 0;
 
-async function handle(incoming, outparam) {
-  armStallGuard();
-  served++;
-  const held = new Held();
-  held.request = incoming;
+function isThenable(value) {
+  return value !== null && (typeof value === "object" || typeof value === "function") && typeof value.then === "function";
+}
+
+// One request: its handles, its fetch event, and whether it was answered.
+class Exchange {
+  held = new Held();
   // Whether the response-outparam was given its response (it is consumed).
-  const answer = { set: false };
-  let state = null;
-  let event = null;
-  let ended = false;
+  answer = { set: false };
+  state = null;
+  event = null;
+  ended = false;
+
+  constructor(incoming, outparam) {
+    this.held.request = incoming;
+    this.outparam = outparam;
+  }
+
   // The request is over: its event no longer takes work, and its handles go.
-  const end = () => {
-    if (ended) return;
-    ended = true;
-    if (state) state.done = true;
-    if (event && globalThis[EVENT_KEY] === event) globalThis[EVENT_KEY] = undefined;
-    held.release();
-  };
-  try {
-    let response;
+  end() {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.state) this.state.done = true;
+    if (this.event && globalThis[EVENT_KEY] === this.event) globalThis[EVENT_KEY] = undefined;
+    this.held.release();
+  }
+
+  // Whether work given to waitUntil is still running.
+  get working() {
+    return this.state !== null && this.state.pending.length > 0;
+  }
+
+  // Sends `response`; a promise when its body streams. The client has the
+  // whole answer once the body is finished, and may send its next request
+  // at once: what is left to do after that is kept short, so that this
+  // instance is free again by then. Without work after the response, the
+  // request's handles go before the finish.
+  respond(response) {
     try {
-      const request = toRequest(incoming, held);
-      ({ event, state } = dispatch(request));
-      try {
-        response = asResponse(await state.answer);
-      } catch (err) {
-        response = errorResponse(err);
+      const streaming = send(response, this.outparam, this.answer, () => {
+        if (!this.working) this.end();
+      });
+      return streaming?.catch((err) => this.failed(err));
+    } catch (err) {
+      this.failed(err);
+    }
+  }
+
+  // The adapter itself failed: a bare 500 if nothing was sent yet.
+  failed(err) {
+    logError("the reuse adapter", err);
+    if (this.answer.set) return;
+    this.answer.set = true;
+    try {
+      sendBare500(this.outparam);
+    } catch (again) {
+      logError("the reuse adapter's 500", again);
+      drop(this.outparam);
+    }
+  }
+
+  // Waits for the work after the response (the host counts it as this
+  // request's), then ends the request.
+  async afterResponse() {
+    try {
+      while (this.working) {
+        await Promise.all(this.state.pending.splice(0));
       }
     } catch (err) {
-      response = errorResponse(err);
+      logError("work after the response", err);
     }
-    // The client has the whole answer once the body is finished, and may
-    // send its next request at once: what is left to do after that is kept
-    // short, so that this instance is free again by then. Without work
-    // after the response, the request's handles go before the finish.
-    await send(response, outparam, answer, () => {
-      if (!state || state.pending.length === 0) end();
-    });
-  } catch (err) {
-    logError("the reuse adapter", err);
-    if (!answer.set) {
-      answer.set = true;
-      try {
-        sendBare500(outparam);
-      } catch (again) {
-        logError("the reuse adapter's 500", again);
-        drop(outparam);
-      }
-    }
+    this.end();
   }
-  // Work after the response: the host counts it as this request's.
+}
+
+// The usual request (a Response given to respondWith, its body a string or
+// bytes, no work after it) is served without a promise: each await is a
+// turn of the engine's event loop. A promised answer, a streamed body or
+// work after the response continue asynchronously. Nothing escapes: a
+// throw answers 500, and every promise returned settles without rejecting.
+function handle(incoming, outparam) {
+  armStallGuard();
+  served++;
+  const exchange = new Exchange(incoming, outparam);
+  let answer;
   try {
-    while (state && state.pending.length > 0) {
-      await Promise.all(state.pending.splice(0));
-    }
+    const request = toRequest(incoming, exchange.held);
+    ({ event: exchange.event, state: exchange.state } = dispatch(request));
+    answer = exchange.state.answer;
   } catch (err) {
-    logError("work after the response", err);
+    answer = errorResponse(err);
   }
-  end();
+  if (isThenable(answer)) return answerLater(exchange, answer);
+  return afterSending(exchange, exchange.respond(asResponse(answer)));
+}
+
+async function answerLater(exchange, promised) {
+  let response;
+  try {
+    response = asResponse(await promised);
+  } catch (err) {
+    response = errorResponse(err);
+  }
+  await exchange.respond(response);
+  await exchange.afterResponse();
+}
+
+function afterSending(exchange, streaming) {
+  if (streaming) return streaming.then(() => exchange.afterResponse());
+  if (exchange.working) return exchange.afterResponse();
+  exchange.end();
 }
 
 Object.defineProperty(globalThis, REUSE_KEY, {
