@@ -289,7 +289,8 @@ fn js_app_copy(dir: &std::path::Path) -> PathBuf {
     app
 }
 
-/// js-app's `/boom` answers 500 with the error's message.
+/// js-app's `/boom` answers 500 with the error's message and its place in
+/// the app's source (examples/js-app/src/index.js, the `throw`).
 async fn boom_says_what_happened(addr: &str) {
     let boom = get(addr, "/boom").await.unwrap();
     assert_eq!(boom.status, 500);
@@ -298,6 +299,7 @@ async fn boom_says_what_happened(addr: &str) {
         "{}",
         boom.body
     );
+    assert!(boom.body.contains("src/index.js:81:9"), "{}", boom.body);
 }
 
 fn write_shop_config(

@@ -12,6 +12,7 @@
 //   GET  /config/:key   a wasi:config value (--config-var KEY=VALUE)
 //   GET  /boom          throws: the SDK answers 500 with the message and line
 //   POST /echo          the request body back, with its content-type
+//   GET  /stream        three lines, sent as a ReadableStream
 //   GET  /seen          requests this instance has served: always 1 with a
 //                       fresh instance per request; counts up when the app is
 //                       built for reuse (serve DIR --reuse-instances N)
