@@ -394,6 +394,16 @@ async fn a_javascript_app_built_for_reuse_serves_request_after_request_on_one_in
     let host = Host::start(&app, &["--reuse-instances", "20", "--keyvalue", "memory"]);
     let loaded = host.wait_log("version loaded", Duration::from_secs(300));
     assert!(loaded.contains("built_for_reuse=true"), "{loaded}");
+    // The build trimmed componentize-js's WASI bindings (bindings.mjs): a
+    // componentize-js whose bindings it does not know builds untrimmed, and
+    // this says so.
+    let built = host.log_lines(&["build.mjs: wrote"]);
+    assert!(
+        built
+            .iter()
+            .any(|line| line.contains("WASI bindings trimmed")),
+        "{built:?}"
+    );
     // Served first on quickly compiled code; the optimized copy starts with
     // instances of its own, so count on that one.
     host.wait_log("version optimized", Duration::from_secs(300));

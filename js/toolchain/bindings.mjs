@@ -72,14 +72,16 @@ export function trimBindings(text) {
 
 // Makes componentize-js trim the bindings it splices. It reads them from
 // its splicer object, which is shared by module identity: wrapping its
-// `spliceBindings` here wraps it for componentize() too.
+// `spliceBindings` here wraps it for componentize() too. Returns an object
+// whose `trimmed` says, once componentize() is done, whether they were.
 export async function trimGeneratedBindings(warn) {
+  const status = { trimmed: false };
   const entry = fileURLToPath(import.meta.resolve("@bytecodealliance/componentize-js"));
   const splicerPath = join(dirname(entry), "..", "lib", "spidermonkey-embedding-splicer.js");
   const { splicer } = await import(pathToFileURL(splicerPath).href);
   if (!splicer || typeof splicer.spliceBindings !== "function") {
     warn("componentize-js's splicer was not found where 0.23.0 has it: its WASI bindings are not trimmed");
-    return;
+    return status;
   }
   const splice = splicer.spliceBindings;
   splicer.spliceBindings = (...args) => {
@@ -89,6 +91,8 @@ export async function trimGeneratedBindings(warn) {
       warn("componentize-js generated bindings this builder does not know: they are not trimmed (each WASI call stays slower)");
       return out;
     }
+    status.trimmed = true;
     return { ...out, jsBindings: text };
   };
+  return status;
 }

@@ -297,7 +297,7 @@ await appendFile(
 _setPreopens({ [witDir]: witDir });
 // Stack traces name the source relative to the working directory: "bundle.js".
 process.chdir(workDir);
-await trimGeneratedBindings((message) => console.warn(`build.mjs: ${message}`));
+const bindings = await trimGeneratedBindings((message) => console.warn(`build.mjs: ${message}`));
 let component;
 try {
   ({ component } = await componentize({
@@ -357,6 +357,6 @@ function withCustomSection(bytes, name, payload) {
 const mib = (component.length / (1024 * 1024)).toFixed(1);
 const sec = (ms) => (ms / 1000).toFixed(1);
 console.error(
-  `build.mjs: wrote ${out} (${mib} MiB; ${world.summary}): ` +
+  `build.mjs: wrote ${out} (${mib} MiB; ${world.summary}${bindings.trimmed ? "; WASI bindings trimmed" : ""}): ` +
     `bundle ${sec(bundled - started)} s, componentize ${sec(componentized - bundled)} s`,
 );
