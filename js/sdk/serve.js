@@ -88,13 +88,7 @@ export function afterResponse(fn) {
   waitUntil(answeredOf(current).then(() => fn()));
 }
 
-// What a handler gets as its context (the same for every request: its
-// functions find the request in progress themselves).
-const CONTEXT = Object.freeze({
-  waitUntil,
-  afterResponse,
-  passThroughOnException() {},
-});
+function passThroughOnException() {}
 
 /**
  * Serves requests with `handler`: a function `(request, ctx) => Response`
@@ -118,7 +112,8 @@ export function serve(handler) {
     current = request;
     let answer;
     try {
-      answer = call(event.request, CONTEXT);
+      // A context per request: a library may set its own fields on it.
+      answer = call(event.request, { waitUntil, afterResponse, passThroughOnException });
     } catch (err) {
       answer = errorResponse(err);
     }
