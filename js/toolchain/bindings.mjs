@@ -48,7 +48,7 @@ const NATIVE_STRING_HELPER = `function _utf8AllocateAndEncode(s, realloc, memory
 }
 `;
 
-// The bindings \`text\` with the costs above removed, and how many of each
+// The bindings `text` with the costs above removed, and how many of each
 // were found.
 export function trimBindings(text) {
   let logs = 0;
@@ -78,7 +78,12 @@ export async function trimGeneratedBindings(warn) {
   const status = { trimmed: false };
   const entry = fileURLToPath(import.meta.resolve("@bytecodealliance/componentize-js"));
   const splicerPath = join(dirname(entry), "..", "lib", "spidermonkey-embedding-splicer.js");
-  const { splicer } = await import(pathToFileURL(splicerPath).href);
+  let splicer;
+  try {
+    ({ splicer } = await import(pathToFileURL(splicerPath).href));
+  } catch {
+    // Another layout of the package: handled below, like a missing object.
+  }
   if (!splicer || typeof splicer.spliceBindings !== "function") {
     warn("componentize-js's splicer was not found where 0.23.0 has it: its WASI bindings are not trimmed");
     return status;
