@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, Strategy};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, ProfilingStrategy, Strategy};
 
 use crate::ops::metrics::PoolView;
 use crate::runtime::code_cache::CodeCache;
@@ -291,6 +291,27 @@ impl Runtime {
     }
 }
 
+/// The variable that names a profiler for guest code (see [`profiler`]).
+pub const PROFILE_VAR: &str = "WASM_HOST_PROFILE";
+
+/// Whether `perf` learns the names of compiled guest functions:
+/// `WASM_HOST_PROFILE=perfmap` writes them to `/tmp/perf-PID.map`, which
+/// `perf report` reads. Without it, `perf` sees guest code as anonymous
+/// addresses, and a JavaScript app's time is all there (its engine runs
+/// as guest code). An unknown value is reported and ignored.
+fn profiler() -> ProfilingStrategy {
+    match std::env::var(PROFILE_VAR).as_deref() {
+        Err(_) | Ok("") | Ok("none") => ProfilingStrategy::None,
+        Ok("perfmap") => ProfilingStrategy::PerfMap,
+        Ok(other) => {
+            tracing::warn!(
+                "{PROFILE_VAR}={other:?} names no profiler this host has: use perfmap; profiling stays off"
+            );
+            ProfilingStrategy::None
+        }
+    }
+}
+
 /// How status, logs and metrics name the quick (`true`) and the optimized
 /// (`false`) tier.
 pub fn tier_name(baseline: bool) -> &'static str {
@@ -337,7 +358,8 @@ impl Tier {
             .concurrency_support(world == World::P3)
             .wasm_component_model_async(world == World::P3)
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .profiler(profiler());
         if let Some(cache) = &incremental {
             config
                 .enable_incremental_compilation(cache.clone())
