@@ -300,15 +300,21 @@ pub const PROFILE_VAR: &str = "WASM_HOST_PROFILE";
 /// addresses, and a JavaScript app's time is all there (its engine runs
 /// as guest code). An unknown value is reported and ignored.
 fn profiler() -> ProfilingStrategy {
-    match std::env::var(PROFILE_VAR).as_deref() {
-        Err(_) | Ok("") | Ok("none") => ProfilingStrategy::None,
-        Ok("perfmap") => ProfilingStrategy::PerfMap,
-        Ok(other) => {
-            tracing::warn!(
-                "{PROFILE_VAR}={other:?} names no profiler this host has: use perfmap; profiling stays off"
-            );
-            ProfilingStrategy::None
-        }
+    let asked = std::env::var(PROFILE_VAR).ok();
+    profiler_named(asked.as_deref()).unwrap_or_else(|other| {
+        tracing::warn!(
+            "{PROFILE_VAR}={other:?} names no profiler this host has: use perfmap; profiling stays off"
+        );
+        ProfilingStrategy::None
+    })
+}
+
+/// The profiler `name` asks for; the name back when there is none such.
+fn profiler_named(name: Option<&str>) -> Result<ProfilingStrategy, &str> {
+    match name {
+        None | Some("") | Some("none") => Ok(ProfilingStrategy::None),
+        Some("perfmap") => Ok(ProfilingStrategy::PerfMap),
+        Some(other) => Err(other),
     }
 }
 
@@ -553,5 +559,19 @@ mod tests {
         let snapshot = clone.tier(false, EngineKey::P2_SNAPSHOT).unwrap();
         assert_eq!(snapshot.key(), EngineKey::P2_SNAPSHOT);
         assert_eq!(runtime.optimized.made().count(), 3);
+    }
+
+    #[test]
+    fn only_perfmap_turns_a_profiler_on() {
+        assert!(matches!(profiler_named(None), Ok(ProfilingStrategy::None)));
+        assert!(matches!(
+            profiler_named(Some("")),
+            Ok(ProfilingStrategy::None)
+        ));
+        assert!(matches!(
+            profiler_named(Some("perfmap")),
+            Ok(ProfilingStrategy::PerfMap)
+        ));
+        assert_eq!(profiler_named(Some("vtune")).err(), Some("vtune"));
     }
 }
