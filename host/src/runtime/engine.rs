@@ -298,14 +298,18 @@ pub const PROFILE_VAR: &str = "WASM_HOST_PROFILE";
 /// `WASM_HOST_PROFILE=perfmap` writes them to `/tmp/perf-PID.map`, which
 /// `perf report` reads. Without it, `perf` sees guest code as anonymous
 /// addresses, and a JavaScript app's time is all there (its engine runs
-/// as guest code). An unknown value is reported and ignored.
+/// as guest code). An unknown value is reported (once: engines are made
+/// one by one as apps need them) and ignored.
 fn profiler() -> ProfilingStrategy {
-    let asked = std::env::var(PROFILE_VAR).ok();
-    profiler_named(asked.as_deref()).unwrap_or_else(|other| {
-        tracing::warn!(
-            "{PROFILE_VAR}={other:?} names no profiler this host has: use perfmap; profiling stays off"
-        );
-        ProfilingStrategy::None
+    static CHOSEN: OnceLock<ProfilingStrategy> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let asked = std::env::var(PROFILE_VAR).ok();
+        profiler_named(asked.as_deref()).unwrap_or_else(|other| {
+            tracing::warn!(
+                "{PROFILE_VAR}={other:?} names no profiler this host has: use perfmap; profiling stays off"
+            );
+            ProfilingStrategy::None
+        })
     })
 }
 
